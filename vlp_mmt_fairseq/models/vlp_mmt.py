@@ -1,0 +1,147 @@
+"""Model ``vlp_mmt``: the multimodal BERT encoder plus fairseq's transformer decoder.
+
+The decoder's cross-attention attends over all encoder positions (source, tags and regions)
+together. For the modality loss, the decoder can also return the query that each layer's
+cross-attention received (``return_cross_attn_queries=True``); translation never asks for it.
+"""
+import logging
+
+import torch
+from fairseq import checkpoint_utils
+from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
+from fairseq.models.transformer import TransformerDecoder, TransformerModel, base_architecture
+
+from vlp_mmt_fairseq.bert_loading import load_bert_model
+from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
+
+logger = logging.getLogger(__name__)
+
+
+class CrossAttentionQueryDecoder(TransformerDecoder):
+    """fairseq's TransformerDecoder that can also return each layer's cross-attention query."""
+
+    def __init__(self, args, dictionary, embed_tokens):
+        super().__init__(args, dictionary, embed_tokens)
+        self._captured = None
+        for layer in self.layers:
+            layer.encoder_attn.register_forward_pre_hook(self._capture_query, with_kwargs=True)
+
+    def _capture_query(self, module, args, kwargs):
+        if self._captured is not None:
+            self._captured.append(kwargs["query"] if "query" in kwargs else args[0])  # T x B x C
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False,
+                return_cross_attn_queries: bool = False, **kwargs):
+        if not return_cross_attn_queries:
+            return super().forward(prev_output_tokens, encoder_out=encoder_out,
+                                   incremental_state=incremental_state, features_only=features_only, **kwargs)
+        self._captured = []
+        try:
+            x, extra = super().forward(prev_output_tokens, encoder_out=encoder_out,
+                                       incremental_state=incremental_state, features_only=features_only, **kwargs)
+            extra["cross_attn_queries"] = self._captured  # per layer: T x B x C
+        finally:
+            self._captured = None
+        return x, extra
+
+
+@register_model("vlp_mmt")
+class VlpMmtModel(FairseqEncoderDecoderModel):
+    """VLP-MMT: a (vision-language pre-trained) BERT encoder and a transformer decoder.
+
+    The BERT and its tokenizer come from the task's ``--bert-model``. With the task's
+    ``--no-images`` the same model is the text-only BERT-encoder baseline.
+    """
+
+    @staticmethod
+    def add_args(parser):
+        TransformerModel.add_args(parser)  # the decoder's options, as fairseq's transformer has them
+        parser.add_argument("--freeze-bert", action="store_true",
+                            help="stage 1: freeze BERT (and FFN(v) when it comes from --load-vlp)")
+        parser.add_argument("--frozen-bert-dropout", action="store_true",
+                            help="keep dropout on inside a frozen BERT (default: a frozen BERT runs "
+                                 "without dropout, as a fixed feature extractor)")
+        parser.add_argument("--load-vlp", metavar="PATH", default=None,
+                            help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint")
+        parser.add_argument("--bert-random-init", action="store_true",
+                            help="BERT's config from --bert-model, but random weights (tests, timing)")
+
+    @classmethod
+    def build_model(cls, args, task):
+        vlp_mmt_base(args)
+        bert = load_bert_model(task.cfg.bert_model, random_init=getattr(args, "bert_random_init", False))
+        feature_dim = task.feature_dim if task.use_images else None
+        encoder = MultimodalBertEncoder(task.source_dictionary, bert, feature_dim, args.decoder_embed_dim)
+        loaded_visual = False
+        if getattr(args, "load_vlp", None):
+            loaded_visual = load_vlp_encoder(encoder, args.load_vlp)
+            # from here on the weights live in this model's own checkpoints: fairseq-generate and
+            # resumed runs rebuild the model from them without reading the VLP file again
+            args.load_vlp = None
+        encoder.frozen_dropout = getattr(args, "frozen_bert_dropout", False)
+        encoder.set_frozen(getattr(args, "freeze_bert", False), visual_frozen=loaded_visual)
+        embed_tokens = TransformerModel.build_embedding(args, task.target_dictionary, args.decoder_embed_dim)
+        decoder = CrossAttentionQueryDecoder(args, task.target_dictionary, embed_tokens)
+        return cls(encoder, decoder)
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, tag_tokens=None, region_features=None,
+                region_boxes=None, region_mask=None, return_cross_attn_queries: bool = False, **kwargs):
+        encoder_out = self.encoder(src_tokens, src_lengths, tag_tokens=tag_tokens, region_features=region_features,
+                                   region_boxes=region_boxes, region_mask=region_mask)
+        decoder_out = self.decoder(prev_output_tokens, encoder_out=encoder_out,
+                                   return_cross_attn_queries=return_cross_attn_queries, **kwargs)
+        if return_cross_attn_queries:
+            decoder_out[1]["encoder_out"] = encoder_out  # the memory the queries attended to
+        return decoder_out
+
+    def max_positions(self):
+        return (self.encoder.max_positions(), self.decoder.max_positions())
+
+
+def load_vlp_encoder(encoder: MultimodalBertEncoder, path: str) -> bool:
+    """Copy BERT and FFN(v) from a ``vlp_pretrain`` checkpoint; returns whether FFN(v) was loaded."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    prefix = "encoder."
+    wanted = {k[len(prefix):]: v for k, v in state.items()
+              if k.startswith(prefix + "bert.") or k.startswith(prefix + "visual.")}
+    if not any(k.startswith("bert.") for k in wanted):
+        raise ValueError(f"{path}: no encoder.bert.* weights; is it a vlp_pretrain checkpoint?")
+    has_visual = any(k.startswith("visual.") for k in wanted)
+    if has_visual and encoder.visual is None:
+        wanted = {k: v for k, v in wanted.items() if not k.startswith("visual.")}
+        has_visual = False
+    missing, unexpected = encoder.load_state_dict(wanted, strict=False)
+    missing = [k for k in missing if k.startswith("bert.") or (has_visual and k.startswith("visual."))]
+    if missing or unexpected:
+        raise ValueError(f"{path}: encoder weights do not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    logger.info("loaded BERT%s from VLP checkpoint %s", " and FFN(v)" if has_visual else "", path)
+    return has_visual
+
+
+@register_model_architecture("vlp_mmt", "vlp_mmt_base")
+def vlp_mmt_base(args):
+    """BERT-base-sized encoder (from --bert-model) and a 6-layer decoder.
+
+    The paper does not give the decoder's width; d=512 is our assumption.
+    """
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 512)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 2048)
+    args.decoder_layers = getattr(args, "decoder_layers", 6)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 8)
+    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", True)
+    args.dropout = getattr(args, "dropout", 0.3)
+    args.encoder_embed_dim = args.decoder_embed_dim  # the projection after BERT maps to this width
+    args.max_source_positions = getattr(args, "max_source_positions", 512)
+    base_architecture(args)
+    args.encoder_embed_dim = args.decoder_embed_dim
+
+
+@register_model_architecture("vlp_mmt", "vlp_mmt_tiny")
+def vlp_mmt_tiny(args):
+    """A small decoder for tests: 2 layers of width 64."""
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 64)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 128)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    args.dropout = getattr(args, "dropout", 0.1)
+    vlp_mmt_base(args)

@@ -1,0 +1,161 @@
+"""Task ``vlp_mmt``: translation whose source is BERT WordPiece ids plus the sentence's image.
+
+Data (written by ``preprocess/prepare_multi30k.py``, see docs/data.md):
+``{split}.{src}-{tgt}.{src}`` holds ``[CLS] x [SEP]`` as BERT ids, ``{split}.{src}-{tgt}.{tgt}`` the
+target, and ``{split}.img.npy`` (or ``.txt``) the image index: line i names the image of sentence i.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from fairseq import utils
+from fairseq.data import Dictionary, data_utils
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
+
+from vlp_mmt_fairseq.bert_loading import BUNDLED_MINILM, bert_vocab_file, load_bert_tokenizer
+from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
+from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, read_image_index
+from vlp_mmt_fairseq.data.image_dataset import ImageDataset
+from vlp_mmt_fairseq.data.multimodal_pair_dataset import MultimodalPairDataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VlpMmtConfig(TranslationConfig):
+    bert_model: str = field(
+        default=BUNDLED_MINILM,
+        metadata={"help": "BERT for the encoder's weights and the source tokenizer: a local directory, a hub "
+                          f"name (e.g. bert-base-uncased), or '{BUNDLED_MINILM}' (offline MiniLM-L6-H384)"},
+    )
+    image_features: Optional[str] = field(
+        default=None, metadata={"help": "HDF5 image-feature store (docs/feature_store.md); needed unless --no-images"}
+    )
+    image_index_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "directory of the image indexes {split}.img.npy or {split}.img.txt "
+                          "(default: the data directory)"},
+    )
+    max_regions: int = field(default=36, metadata={"help": "keep at most this many regions per image, "
+                                                            "highest-scoring first"})
+    max_tags: int = field(default=20, metadata={"help": "keep at most this many object tags per image"})
+    no_tags: bool = field(default=False, metadata={"help": "do not give the object tags t to the encoder"})
+    no_images: bool = field(
+        default=False,
+        metadata={"help": "text only: no regions and no tags (the BERT-encoder baseline; also the "
+                          "'no image' probe of a multimodal model)"},
+    )
+    shuffle_images_seed: Optional[int] = field(
+        default=None,
+        metadata={"help": "probe: pair each sentence with another sentence's image (image index "
+                          "permuted with this seed; incongruent images, after Elliott 2018)"},
+    )
+    left_pad_source: bool = field(default=False, metadata={"help": "must stay False: BERT uses absolute positions"})
+    max_source_positions: int = field(default=512, metadata={"help": "max source length in BERT positions"})
+
+
+@register_task("vlp_mmt", dataclass=VlpMmtConfig)
+class VlpMmtTask(TranslationTask):
+    """Multimodal translation with a BERT vision-language encoder.
+
+    The source dictionary is BERT's own vocabulary (:class:`BertDictionary`, index == BERT id);
+    each batch's ``net_input`` adds to ``src_tokens``/``src_lengths`` the image's
+    ``region_features`` (B x R x D), ``region_boxes`` (B x R x 4), ``region_mask`` (B x R) and
+    ``tag_tokens`` (B x T, WordPieces of the tags followed by ``[SEP]``).
+    """
+
+    cfg: VlpMmtConfig
+
+    def __init__(self, cfg: VlpMmtConfig, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        self.store = None
+        self.feature_dim = None
+        if self.use_images:
+            if not cfg.image_features:
+                raise ValueError("--image-features is required unless --no-images is given")
+            self.store = FeatureStore(cfg.image_features, max_regions=cfg.max_regions, max_tags=cfg.max_tags)
+            self.feature_dim = self.store.feature_dim
+        self._tokenizer = None
+
+    @property
+    def use_images(self) -> bool:
+        return not self.cfg.no_images
+
+    @classmethod
+    def setup_task(cls, cfg: VlpMmtConfig, **kwargs):
+        if cfg.left_pad_source:
+            raise ValueError("--left-pad-source must be False for a BERT encoder")
+        paths = utils.split_paths(cfg.data)
+        if cfg.source_lang is None or cfg.target_lang is None:
+            cfg.source_lang, cfg.target_lang = data_utils.infer_language_pair(paths[0])
+        if cfg.source_lang is None or cfg.target_lang is None:
+            raise ValueError(f"{paths[0]}: cannot infer the language pair; pass --source-lang/--target-lang")
+        src_dict = BertDictionary(bert_vocab_file(cfg.bert_model))
+        tgt_dict = Dictionary.load(os.path.join(paths[0], f"dict.{cfg.target_lang}.txt"))
+        logger.info("[%s] BERT vocabulary (%s): %d types", cfg.source_lang, cfg.bert_model, len(src_dict))
+        logger.info("[%s] dictionary: %d types", cfg.target_lang, len(tgt_dict))
+        return cls(cfg, src_dict, tgt_dict)
+
+    # ------------------------------------------------------------------ data
+
+    def image_index_path(self, split: str) -> str:
+        directory = self.cfg.image_index_dir or utils.split_paths(self.cfg.data)[0]
+        for ext in ("npy", "txt"):
+            path = os.path.join(directory, f"{split}.img.{ext}")
+            if os.path.exists(path):
+                return path
+        raise FeatureStoreError(f"{directory}: no image index {split}.img.npy or {split}.img.txt")
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        paths = utils.split_paths(self.cfg.data)
+        data_path = paths[(epoch - 1) % len(paths)]
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        pair = load_langpair_dataset(
+            data_path, split, src, self.tgt_dict, tgt, self.tgt_dict,  # target's pad/eos on both sides,
+            combine=combine, dataset_impl=self.cfg.dataset_impl,  # see MultimodalPairDataset
+            upsample_primary=self.cfg.upsample_primary, left_pad_source=False,
+            left_pad_target=self.cfg.left_pad_target, max_source_positions=self.cfg.max_source_positions,
+            max_target_positions=self.cfg.max_target_positions, load_alignments=False,
+            truncate_source=self.cfg.truncate_source, num_buckets=self.cfg.num_batch_buckets,
+            shuffle=(split != "test"), pad_to_multiple=self.cfg.required_seq_len_multiple,
+        )
+        self.datasets[split] = MultimodalPairDataset(pair, self.src_dict.pad(), self.build_image_dataset(split, len(pair)))
+
+    def build_image_dataset(self, split: str, num_sentences: int) -> Optional[ImageDataset]:
+        """The images of a split, checked against the number of sentences."""
+        if not self.use_images:
+            return None
+        index_path = self.image_index_path(split)
+        keys = read_image_index(index_path)
+        if len(keys) != num_sentences:
+            raise FeatureStoreError(
+                f"{index_path}: the image index has {len(keys)} lines but split '{split}' has "
+                f"{num_sentences} sentences"
+            )
+        if self.cfg.shuffle_images_seed is not None:
+            keys = keys[np.random.RandomState(self.cfg.shuffle_images_seed).permutation(len(keys))]
+        tag_encoder = None if self.cfg.no_tags else self.encode_tag
+        return ImageDataset(keys, self.store, tag_encoder, sep=self.src_dict.eos(), pad=self.src_dict.pad())
+
+    def encode_tag(self, tag: str):
+        """WordPiece ids of one object tag, without specials."""
+        if self._tokenizer is None:
+            self._tokenizer = load_bert_tokenizer(self.cfg.bert_model)
+        return self._tokenizer(tag, add_special_tokens=False)["input_ids"]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_tokenizer"] = None
+        return state
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        # the modality loss's gate is sized after the decoder: (embedding dim, hidden dim)
+        self.decoder_dims = (model.decoder.embed_tokens.embedding_dim, model.decoder.embed_dim)
+        return model
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        raise NotImplementedError("vlp_mmt needs images: use fairseq-generate on a prepared split")
