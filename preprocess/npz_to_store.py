@@ -64,6 +64,8 @@ class _Fields:
 
     def __init__(self, path: str, allow_pickle: bool):
         self.path = path
+        if not zipfile.is_zipfile(path):
+            raise ConversionError(f"{path}: not a .npz file (not a zip archive)")
         try:
             with np.load(path, allow_pickle=allow_pickle) as npz:
                 self.top = {name: npz[name] for name in npz.files}

@@ -85,8 +85,9 @@ SPLIT_NAMES = {
     "test_2017_mscoco": "mscoco",
     "test_2018_flickr": "test2018",
 }
-MULTI30K_LANGS = ("en", "de", "fr", "cs")
-BERT_BATCH_SIZE = 1000
+BATCH_SIZE = 1000
+#: SentencePiece's result depends on its thread count; a constant keeps it machine-independent.
+SPM_TRAIN_THREADS = 4
 
 
 class PrepareError(Exception):
@@ -264,8 +265,8 @@ def bert_token_ids(tokenizer, split: SplitText, max_positions: int) -> List[List
     """``tokenizer(sentence)["input_ids"]`` of every source line; longer than BERT allows is an error."""
     ids = []
     lines = split.src
-    for start in tqdm(range(0, len(lines), BERT_BATCH_SIZE), desc=f"BERT-tokenize {split.out_name}", unit="batch"):
-        batch = tokenizer(lines[start:start + BERT_BATCH_SIZE], add_special_tokens=True, verbose=False)
+    for start in tqdm(range(0, len(lines), BATCH_SIZE), desc=f"BERT-tokenize {split.out_name}", unit="batch"):
+        batch = tokenizer(lines[start:start + BATCH_SIZE], add_special_tokens=True, verbose=False)
         for offset, sentence_ids in enumerate(batch["input_ids"]):
             if len(sentence_ids) > max_positions:
                 raise PrepareError(
@@ -290,30 +291,36 @@ def write_bert_source(prefix: str, ids: List[List[int]], vocab_size: int) -> Non
 # --------------------------------------------------------------------------- SentencePiece
 
 
-def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int, threads: int):
+def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int):
     """Train a unigram model that reproduces the text exactly (identity normalization, byte fallback)."""
     import sentencepiece as spm
 
-    spm.SentencePieceTrainer.train(
-        input=text_file,
-        model_prefix=model_prefix,
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,  # small corpora get a smaller vocabulary instead of an error
-        model_type="unigram",
-        character_coverage=1.0,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        num_threads=threads,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            input=text_file,
+            model_prefix=model_prefix,
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,  # small corpora get a smaller vocabulary instead of an error
+            model_type="unigram",
+            character_coverage=1.0,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            num_threads=SPM_TRAIN_THREADS,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise PrepareError(
+            f"SentencePiece training on {os.path.basename(text_file)} (train) failed "
+            f"with vocabulary size {vocab_size}: {e}"
+        ) from e
     return spm.SentencePieceProcessor(model_file=model_prefix + ".model")
 
 
 def encode_pieces(processor, lines: List[str], desc: str) -> List[List[str]]:
     """SentencePiece pieces of each line, in batches with a progress bar."""
     pieces = []
-    for start in tqdm(range(0, len(lines), BERT_BATCH_SIZE), desc=desc, unit="batch"):
-        pieces.extend(processor.encode(lines[start:start + BERT_BATCH_SIZE], out_type=str))
+    for start in tqdm(range(0, len(lines), BATCH_SIZE), desc=desc, unit="batch"):
+        pieces.extend(processor.encode(lines[start:start + BATCH_SIZE], out_type=str))
     return pieces
 
 
@@ -396,14 +403,14 @@ def write_text_copies(splits: List[SplitText], build_dir: str, src: str, tgt: st
 
 
 def write_sentencepiece_text(splits: List[SplitText], lang: str, is_source: bool, vocab_size: int,
-                             build_dir: str, scratch: str, threads: int):
+                             build_dir: str, scratch: str):
     """Train spm/spm.{lang}, encode every split into ``scratch`` and write its fairseq dictionary.
 
     Returns (number of pieces, path of the dictionary, the Dictionary).
     """
     processor = train_sentencepiece(
         os.path.join(build_dir, "raw", f"train.{lang}"), os.path.join(build_dir, "spm", f"spm.{lang}"),
-        vocab_size, threads,
+        vocab_size,
     )
     train_pieces = None
     for split in splits:
@@ -412,6 +419,7 @@ def write_sentencepiece_text(splits: List[SplitText], lang: str, is_source: bool
         write_lines(os.path.join(scratch, f"{split.out_name}.{lang}"), (" ".join(p) for p in pieces))
         if split.name == "train":
             train_pieces = pieces
+    logger.info(f"SentencePiece {lang}: {processor.get_piece_size()} pieces")
     dictionary = sentencepiece_dictionary(processor, train_pieces)
     dict_path = os.path.join(scratch, f"dict.{lang}.txt")
     dictionary.save(dict_path)
@@ -448,6 +456,7 @@ def read_and_check(args, tokenizer, max_positions: int) -> List[SplitText]:
     splits = [load_split(args.multi30k_dir, name, args.src, args.tgt) for name in split_names]
     for split in splits:
         split.bert_ids = bert_token_ids(tokenizer, split, max_positions)
+    logger.info(f"checked {len(splits)} splits: " + ", ".join(f"{s.out_name} {len(s.src)}" for s in splits))
     return splits
 
 
@@ -470,7 +479,7 @@ def prepare(args, build_dir: str) -> dict:
     pieces, dict_paths, dict_sizes = {}, {}, {}
     for lang in (src, tgt):
         pieces[lang], dict_paths[lang], dictionary = write_sentencepiece_text(
-            splits, lang, lang == src, requested[lang], build_dir, scratch, args.workers
+            splits, lang, lang == src, requested[lang], build_dir, scratch
         )
         dict_sizes[lang] = len(dictionary)
 
@@ -544,8 +553,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="source SentencePiece vocabulary size, for the text baselines (default 8000)")
     parser.add_argument("--splits", nargs="+", default=None,
                         help="splits to prepare, Multi30K or fairseq names (default: all with both languages)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes for fairseq-preprocess and threads for SentencePiece (default 1)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes for fairseq-preprocess (default: the number of CPUs, at most 4)")
     return parser
 
 
@@ -555,6 +564,7 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> None:
         datefmt="%Y-%m-%d %H:%M:%S",
         level=os.environ.get("LOGLEVEL", "INFO").upper(),
         stream=sys.stderr,
+        force=True,  # importing fairseq has already configured logging
     )
     parser = get_parser()
     args = parser.parse_args(argv)

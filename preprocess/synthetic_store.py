@@ -74,7 +74,8 @@ def _warn_unknown(table: Dict[str, List[str]], keys: List[str], path: str) -> No
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--keys-from", nargs="+", metavar="INDEX", help="image-index file(s); one image per distinct key")
+    which.add_argument("--keys-from", nargs="+", metavar="INDEX",
+                       help="image-index file(s); one image per distinct key")
     which.add_argument("--num-images", type=int, metavar="N", help="N images named img000000, img000001, ...")
     parser.add_argument("--concepts-tsv", metavar="FILE", help="lines 'key<TAB>concept concept ...' to plant")
     parser.add_argument("--tags-tsv", metavar="FILE", help="lines 'key<TAB>tag tag ...' to store as tags")

@@ -29,3 +29,58 @@ def prepared_multi30k_en_de(multi30k_dir, tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
+
+
+# ----------------------------------------------------------------------------- shared by model tests
+
+# the CLIs (fairseq-train, fairseq-generate, ...) live beside the interpreter running the tests
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+
+
+def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command; fail the test with its output when it exits non-zero."""
+    result = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+    assert result.returncode == 0, f"{' '.join(map(str, args))}\n{result.stdout[-6000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT (2 layers, width 32) with the bundled MiniLM's vocabulary and tokenizer."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from vlp_mmt_fairseq.bert_loading import BUNDLED_MINILM, resolve_bert_path
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    source = Path(resolve_bert_path(BUNDLED_MINILM))
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(out)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> Path:
+    """The toy ambiguity corpus (Multi30K layout + features.h5), small."""
+    out = tmp_path_factory.mktemp("toy") / "corpus"
+    run_cli([sys.executable, REPO_ROOT / "preprocess" / "make_toy_ambiguity.py", "--out", out,
+             "--train", 1200, "--valid", 100, "--test", 200, "--feature-dim", 32, "--regions", 6])
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_data(toy_corpus, tmp_path_factory) -> Path:
+    """The toy corpus prepared by prepare_multi30k.py (bert/ and text/ data dirs)."""
+    out = tmp_path_factory.mktemp("toy_data") / "data"
+    run_cli([sys.executable, REPO_ROOT / "preprocess" / "prepare_multi30k.py", "--multi30k-dir", toy_corpus,
+             "--out", out, "--spm-vocab-size", 400, "--spm-vocab-size-src", 400])
+    return out

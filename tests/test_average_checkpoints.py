@@ -1,4 +1,5 @@
 """vlp-mmt-average-checkpoints on fairseq-style checkpoints (Namespace args, DictConfig cfg)."""
+
 import argparse
 import collections
 import datetime
@@ -31,11 +32,17 @@ def fake_checkpoint(path: Path, seed: int, num_updates: int, weight_shape=(6, 4)
         "args": argparse.Namespace(arch="vlp_mmt", lr=[0.0005], max_tokens=4096, fp16=True),
         # fairseq's load_checkpoint_to_cpu turns "cfg" into a DictConfig; re-saved checkpoints keep it.
         "cfg": OmegaConf.create(
-            {"model": {"_name": "vlp_mmt", "dropout": 0.3}, "optimization": {"lr": [0.0005], "max_epoch": 0},
-             "checkpoint": {"save_dir": "checkpoints", "no_epoch_checkpoints": False}, "task": None}
-        ),  # fmt: skip
+            {
+                "model": {"_name": "vlp_mmt", "dropout": 0.3},
+                "optimization": {"lr": [0.0005], "max_epoch": 0},
+                "checkpoint": {"save_dir": "checkpoints", "no_epoch_checkpoints": False},
+                "task": None,
+            }
+        ),
         "model": model,
-        "optimizer_history": [{"criterion_name": "LabelSmoothed", "optimizer_name": "Adam", "num_updates": num_updates}],
+        "optimizer_history": [
+            {"criterion_name": "LabelSmoothed", "optimizer_name": "Adam", "num_updates": num_updates}
+        ],
         "extra_state": {"epoch": seed, "train_iterator": {"epoch": seed, "iterations_in_epoch": 0}},
         "last_optimizer_state": {"state": {}, "param_groups": [{"lr": 0.0005}]},
     }
@@ -47,10 +54,21 @@ def test_average_of_last_epoch_checkpoints(tmp_path):
     states = [fake_checkpoint(tmp_path / f"checkpoint{epoch}.pt", epoch, 100 * epoch) for epoch in (1, 2, 3)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(
-        [sys.executable, "-m", "vlp_mmt_fairseq.cli.average_checkpoints",
-         "--input-dir", str(tmp_path), "--num-epoch-checkpoints", "2", "--output", str(tmp_path / "avg.pt")],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vlp_mmt_fairseq.cli.average_checkpoints",
+            "--input-dir",
+            str(tmp_path),
+            "--num-epoch-checkpoints",
+            "2",
+            "--output",
+            str(tmp_path / "avg.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     averaged = load_checkpoint_safely(str(tmp_path / "avg.pt"))
     second, third = states[1]["model"], states[2]["model"]

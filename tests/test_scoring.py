@@ -1,5 +1,6 @@
 """vlp-mmt-score on real Multi30K references: BLEU as sacreBLEU's CLI computes it, tokenized BLEU,
 METEOR 1.5 through java, and refusal of generate logs that do not match the references."""
+
 import gzip
 import json
 import os
@@ -73,10 +74,19 @@ def scored(tmp_path_factory):
     (tmp / "mscoco.hyp").write_text("\n".join(mscoco_hyps) + "\n", encoding="utf-8")
     done = run_module(
         "vlp_mmt_fairseq.cli.score",
-        "--generate-output", "gen.mscoco.txt:mscoco", "gen.test2017.txt:test2017",
-        "--multi30k-dir", MULTI30K, "--tgt", "de", "--json", "scores.json", "--markdown", "scores.md",
+        "--generate-output",
+        "gen.mscoco.txt:mscoco",
+        "gen.test2017.txt:test2017",
+        "--multi30k-dir",
+        MULTI30K,
+        "--tgt",
+        "de",
+        "--json",
+        "scores.json",
+        "--markdown",
+        "scores.md",
         cwd=tmp,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     return tmp, done.stdout, json.loads((tmp / "scores.json").read_text(encoding="utf-8"))["test_sets"]
 
@@ -85,8 +95,10 @@ def sacrebleu_cli(reference: Path, hypothesis: Path, *options) -> float:
     sacrebleu = Path(sys.executable).parent / "sacrebleu"
     done = subprocess.run(
         [str(sacrebleu), str(reference), "-i", str(hypothesis), "-b", "-w", "4", *options],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(done.stdout.strip())
 
 
@@ -148,16 +160,25 @@ def test_mismatched_generate_logs_are_refused(tmp_path, capsys):
     # In-process (the same cli_main as the console script): a subprocess would spend its time
     # importing torch and fairseq before failing.
     references = raw_lines("test_2017_mscoco")
-    write_generate_log(tmp_path / "missing.txt", references[:17] + references[18:], ids=[i for i in range(461) if i != 17])
+    write_generate_log(
+        tmp_path / "missing.txt", references[:17] + references[18:], ids=[i for i in range(461) if i != 17]
+    )
     write_generate_log(tmp_path / "extra.txt", raw_lines("test_2017_flickr") + ["Ein Satz zu viel."])
     output = tmp_path / "scores.json"
     with pytest.raises(SystemExit) as exit_info:
         score.cli_main(
             [
-                "--generate-output", f"{tmp_path / 'missing.txt'}:mscoco", f"{tmp_path / 'extra.txt'}:test2017",
-                "--multi30k-dir", str(MULTI30K), "--tgt", "de", "--json", str(output),
+                "--generate-output",
+                f"{tmp_path / 'missing.txt'}:mscoco",
+                f"{tmp_path / 'extra.txt'}:test2017",
+                "--multi30k-dir",
+                str(MULTI30K),
+                "--tgt",
+                "de",
+                "--json",
+                str(output),
             ]
-        )  # fmt: skip
+        )
     assert exit_info.value.code != 0
     stderr = capsys.readouterr().err
     assert "missing.txt: 460 hypotheses" in stderr and "461 sentences" in stderr

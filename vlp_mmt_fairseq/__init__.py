@@ -1,9 +1,14 @@
 """vlp_mmt_fairseq: a fairseq plugin for multimodal machine translation with a vision-language BERT.
 
-Importing the package (``--user-dir``) registers its tasks, models and criterions.
+``--user-dir`` imports this package after fairseq; that import registers the tasks, models and
+criterions. Tools that need only the feature store, the converters or the scorers import their
+modules without fairseq being loaded, and then skip the (slow) registration.
 """
-from vlp_mmt_fairseq import compat
+import sys
 
-compat.register_safe_checkpoint_globals()
+if "fairseq" in sys.modules:
+    from vlp_mmt_fairseq import compat
 
-from vlp_mmt_fairseq import criterions, models, tasks  # noqa: E402,F401  (registration)
+    compat.register_safe_checkpoint_globals()
+
+    from vlp_mmt_fairseq import criterions, models, tasks  # noqa: E402,F401  (registration)

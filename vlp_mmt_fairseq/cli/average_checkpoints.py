@@ -11,6 +11,7 @@ newest checkpoint's dtype; integer and boolean tensors are taken from the newest
 everything outside ``"model"`` (cfg, optimizer history, extra state). Checkpoints are read with
 ``torch.load(weights_only=True)`` only.
 """
+
 import argparse
 import os
 import pickle
@@ -110,9 +111,7 @@ def _check_same_layout(reference: Dict[str, Tuple], reference_path: str, model: 
                 f"parameter '{key}' has shape {shape} in {path} but {reference[key][0]} in {reference_path}"
             )
         if averaged != reference[key][1]:
-            raise CheckpointError(
-                f"parameter '{key}' is floating-point in only one of {path} and {reference_path}"
-            )
+            raise CheckpointError(f"parameter '{key}' is floating-point in only one of {path} and {reference_path}")
 
 
 def _is_averaged(value) -> bool:
@@ -182,24 +181,33 @@ def save_checkpoint_atomically(state: dict, path: str) -> None:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--inputs", nargs="+", metavar="CHECKPOINT", help="checkpoint files to average")
     source.add_argument("--input-dir", help="directory of checkpoint<epoch>.pt / checkpoint_<epoch>_<update>.pt files")
     count = parser.add_mutually_exclusive_group()
-    count.add_argument("--num-epoch-checkpoints", type=int, metavar="N", help="with --input-dir: the last N epoch checkpoints")
-    count.add_argument("--num-update-checkpoints", type=int, metavar="N", help="with --input-dir: the last N update checkpoints")
+    count.add_argument(
+        "--num-epoch-checkpoints", type=int, metavar="N", help="with --input-dir: the last N epoch checkpoints"
+    )
+    count.add_argument(
+        "--num-update-checkpoints", type=int, metavar="N", help="with --input-dir: the last N update checkpoints"
+    )
     parser.add_argument(
-        "--checkpoint-upper-bound", type=int, metavar="K",
+        "--checkpoint-upper-bound",
+        type=int,
+        metavar="K",
         help="with --input-dir: ignore checkpoints after epoch (or update) K",
-    )  # fmt: skip
+    )
     parser.add_argument("--output", required=True, help="where to write the averaged checkpoint")
     return parser
 
 
 def input_paths(args, parser: argparse.ArgumentParser) -> List[str]:
     """The checkpoint files the arguments select, oldest first for ``--input-dir``."""
-    count = args.num_epoch_checkpoints or args.num_update_checkpoints
+    by_update = args.num_update_checkpoints is not None
+    count = args.num_update_checkpoints if by_update else args.num_epoch_checkpoints
     if args.inputs:
         if count is not None or args.checkpoint_upper_bound is not None:
             parser.error("--num-*-checkpoints and --checkpoint-upper-bound go with --input-dir, not --inputs")
@@ -208,7 +216,6 @@ def input_paths(args, parser: argparse.ArgumentParser) -> List[str]:
         parser.error("--input-dir needs --num-epoch-checkpoints N or --num-update-checkpoints N")
     if count < 1:
         parser.error(f"the number of checkpoints must be at least 1, got {count}")
-    by_update = args.num_update_checkpoints is not None
     return last_checkpoints(args.input_dir, count, by_update, args.checkpoint_upper_bound)
 
 

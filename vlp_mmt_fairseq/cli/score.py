@@ -8,6 +8,7 @@ Example::
 Per test set it reports detokenized cased sacreBLEU (with its signature), the lowercased tokenized
 BLEU that MMT papers report, and METEOR 1.5 (skipped, with the reason, without java or the jar).
 """
+
 import argparse
 import json
 import sys
@@ -53,15 +54,23 @@ def parse_output_spec(spec: str) -> Tuple[str, str]:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--generate-output", nargs="+", required=True, type=parse_output_spec, metavar="FILE:TESTSET",
+        "--generate-output",
+        nargs="+",
+        required=True,
+        type=parse_output_spec,
+        metavar="FILE:TESTSET",
         help="fairseq-generate output (run with --post-process sentencepiece) and its test set: "
         + ", ".join(f"{k} ({v})" for k, v in TEST_SETS.items()),
-    )  # fmt: skip
+    )
     refs = parser.add_mutually_exclusive_group(required=True)
     refs.add_argument("--multi30k-dir", help="Multi30K data/task1 directory (raw/*.gz, tok/*.lc.norm.tok.*)")
-    refs.add_argument("--refs-dir", help="data directory written by prepare_multi30k.py (raw/{split}.{lang}, tok/{split}.{lang})")
+    refs.add_argument(
+        "--refs-dir", help="data directory written by prepare_multi30k.py (raw/{split}.{lang}, tok/{split}.{lang})"
+    )
     parser.add_argument("--tgt", required=True, help="target language, e.g. de or fr")
     parser.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
@@ -156,7 +165,9 @@ def _notes(scores: dict) -> List[str]:
     ]
     settings = {s.meteor_settings for s in scores.values() if s.meteor_settings}
     notes += [f"METEOR 1.5 on the tokenized lowercased text: {setting}" for setting in sorted(settings)]
-    notes += [f"METEOR skipped for {name}: {s.meteor_skipped_reason}" for name, s in scores.items() if s.meteor_skipped_reason]
+    notes += [
+        f"METEOR skipped for {name}: {s.meteor_skipped_reason}" for name, s in scores.items() if s.meteor_skipped_reason
+    ]
     return notes
 
 
@@ -164,7 +175,10 @@ def format_table(scores: dict) -> str:
     """Aligned plain-text table plus notes on the metrics."""
     rows = _rows(scores)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines + [""] + _notes(scores)) + "\n"
 

@@ -8,9 +8,9 @@ only learn an image's concepts by looking at its features: tags are written only
 caller gives them, and may be chosen not to reveal the concepts.
 
 Everything about one image (features, boxes, scores, size) depends on its key and the seed only
-(and numpy's generator algorithms), never on the other keys or their order. With ``encode_key`` the first :data:`KEY_CODE_DIMS`
-dimensions of *every* region hold a code of the key (see :func:`key_code`), so the right
-features can be recognised after any region selection or reordering.
+(given numpy's generator algorithms), never on the other keys or their order. With ``encode_key``
+the first dimensions of *every* region hold a code of the key (see :func:`key_code`), so the
+right features can be recognised after any region selection or reordering.
 """
 import hashlib
 from typing import Dict, Iterable, Mapping, Optional, Sequence

@@ -5,6 +5,7 @@ Multi30K's official tokenized references (``*.lc.norm.tok.*``) were made by lowe
 through the same steps (with ``sacremoses``) and are scored with sacreBLEU's ``tokenize="none"``,
 which counts the given tokens exactly as ``multi-bleu.perl`` does.
 """
+
 import functools
 from typing import List, Tuple
 

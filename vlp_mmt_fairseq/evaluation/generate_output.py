@@ -4,6 +4,7 @@ fairseq-generate prints, per sentence, ``D-<id>\\t<score>\\t<text>``: the hypoth
 ``--post-process`` (detokenized when run with ``--post-process sentencepiece``). Sentences come out
 in batch order, so they are sorted back by id.
 """
+
 from typing import Dict, List
 
 

@@ -8,6 +8,7 @@ Text is the lowercased, tokenized text that tokenized BLEU uses; ``-norm`` (whic
 ``-lower``) normalizes both sides the same way. The exact settings go into every report as METEOR's
 own "Eval ID".
 """
+
 import importlib.util
 import os
 import re
@@ -52,10 +53,9 @@ def find_meteor_jar() -> Optional[str]:
 def meteor_command(jar: str, hypothesis_path: str, reference_path: str, lang: str, java: str = "java") -> List[str]:
     """The java command line that scores one hypothesis file against one reference file."""
     code, modules, weights, parameters = METEOR_SETTINGS[lang]
-    return [
-        java, "-Xmx2G", "-Dfile.encoding=UTF-8", "-jar", jar, hypothesis_path, reference_path,
-        "-l", code, "-norm", "-m", modules, "-w", weights, "-p", parameters,
-    ]  # fmt: skip
+    java_options = [java, "-Xmx2G", "-Dfile.encoding=UTF-8", "-jar", jar]
+    meteor_options = ["-l", code, "-norm", "-m", modules, "-w", weights, "-p", parameters]
+    return java_options + [hypothesis_path, reference_path] + meteor_options
 
 
 def _check_available(lang: str, jar: Optional[str], java: str) -> str:
@@ -77,7 +77,7 @@ def _parse_output(stdout: str, command: List[str]) -> MeteorResult:
     eval_id = re.search(r"^Eval ID:\s*(\S+)", stdout, re.MULTILINE)
     if score is None or eval_id is None:
         raise RuntimeError(f"METEOR printed no final score; command: {' '.join(command)}\n{stdout[-2000:]}")
-    options = " ".join(f"'{a}'" if " " in a else a for a in command[command.index("-l"):])
+    options = " ".join(f"'{a}'" if " " in a else a for a in command[command.index("-l") :])
     return MeteorResult(float(score.group(1)), f"{eval_id.group(1)} ({options})")
 
 

@@ -7,6 +7,7 @@ Two layouts are understood:
 * a directory written by ``preprocess/prepare_multi30k.py`` (``--refs-dir``): ``raw/{split}.{lang}``
   and ``tok/{split}.{lang}``.
 """
+
 import gzip
 import os
 from dataclasses import dataclass
