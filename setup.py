@@ -37,6 +37,7 @@ setup(
         "console_scripts": [
             "vlp-mmt-score = vlp_mmt_fairseq.cli.score:cli_main",
             "vlp-mmt-average-checkpoints = vlp_mmt_fairseq.cli.average_checkpoints:cli_main",
+            "vlp-mmt-export-bert = vlp_mmt_fairseq.cli.export_bert:cli_main",
         ]
     },
 )

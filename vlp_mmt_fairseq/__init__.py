@@ -10,5 +10,8 @@ if "fairseq" in sys.modules:
     from vlp_mmt_fairseq import compat
 
     compat.register_safe_checkpoint_globals()
+    compat.show_plugin_options_in_help()
+    compat.make_checkpoints_crash_safe()
+    compat.allow_bf16_without_tpu()
 
     from vlp_mmt_fairseq import criterions, models, tasks  # noqa: E402,F401  (registration)

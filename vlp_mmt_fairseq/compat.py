@@ -9,6 +9,14 @@
    :func:`restore_dropped_sentences` appends whatever fairseq's batches left out; every
    dataset of the project's tasks batches through it. Recipes for the stock ``translation`` task pass
    ``--required-batch-size-multiple 1``, which fairseq's batching handles without loss.
+3. Help. fairseq's ``--help`` exits before a plugin task's options are added;
+   :func:`show_plugin_options_in_help` makes them appear.
+4. Crash-safe checkpoints. fairseq copies ``checkpoint_last.pt`` in place (not atomic);
+   :func:`make_checkpoints_crash_safe` makes the copy atomic, names unreadable checkpoint files in
+   its errors and, at resume, falls back from an unreadable ``checkpoint_last.pt`` to the newest
+   readable checkpoint.
+5. bf16 on GPUs. fairseq 0.12 ties ``--bf16`` to TPUs; :func:`allow_bf16_without_tpu` keeps the
+   GPU (or CPU) when torch_xla is not installed.
 """
 import argparse
 import collections
@@ -79,3 +87,222 @@ def restore_dropped_sentences(batches, indices, num_tokens_fn, max_tokens=None, 
     if batch:
         batches.append(np.array(batch, dtype=np.int64))
     return batches
+
+
+#: the architecture whose options ``--help`` shows for a plugin task given without ``--arch``
+HELP_ARCHITECTURES = {
+    "vlp_mmt": "vlp_mmt_base",
+    "vlp_pretrain": "vlp_pretrain_base",
+    "bert_fused_translation": "bert_fused_base",
+}
+
+
+def show_plugin_options_in_help() -> None:
+    """Make ``fairseq-train --user-dir ... --task vlp_mmt --help`` list the plugin's options.
+
+    fairseq parses the command line once before it adds the task's and model's options, and
+    ``--help`` exits during that first pass. The wrapper lets the first pass run without ``--help``
+    (with a placeholder data directory when none is given, and the task's base architecture when
+    no ``--arch`` is given), then prints the complete help.
+    """
+    import sys
+
+    from fairseq import options
+
+    original = options.parse_args_and_arch
+    if getattr(original, "_vlp_mmt_full_help", False):
+        return
+
+    def parse_args_and_arch(parser, input_args=None, parse_known=False, suppress_defaults=False,
+                            modify_parser=None):
+        argv = list(sys.argv[1:] if input_args is None else input_args)
+        if not any(a in ("-h", "--help") for a in argv):
+            return original(parser, input_args, parse_known, suppress_defaults, modify_parser)
+        argv = [a for a in argv if a not in ("-h", "--help")]
+        if not argv or argv[0].startswith("-"):
+            argv = ["."] + argv  # the data directory is positional and required
+        if "--task" in argv and not {"--arch", "-a"} & set(argv):
+            task = argv[argv.index("--task") + 1] if argv.index("--task") + 1 < len(argv) else ""
+            if task in HELP_ARCHITECTURES:
+                argv += ["--arch", HELP_ARCHITECTURES[task]]
+        original(parser, argv, True, suppress_defaults, modify_parser)
+        parser.print_help()
+        sys.exit(0)
+
+    parse_args_and_arch._vlp_mmt_full_help = True
+    options.parse_args_and_arch = parse_args_and_arch
+
+
+# ----------------------------------------------------------------------------- crash-safe checkpoints
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read (truncated or corrupt); the message names the file."""
+
+
+def checkpoint_problem(path: str) -> typing.Optional[str]:
+    """Why the checkpoint at ``path`` is unreadable, or None when it looks complete.
+
+    torch writes a zip archive whose directory sits at the end of the file, so a file cut short by a
+    crash has no directory; the members' CRCs catch the rest. Other formats are left to ``torch.load``.
+    """
+    import os
+    import zipfile
+
+    if not os.path.isfile(path):
+        return "no such file"
+    if os.path.getsize(path) == 0:
+        return "empty file (truncated?)"
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None  # not torch's zip format (legacy pickle): torch.load is the judge
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        return f"incomplete archive, truncated? ({e})"
+    return f"corrupt member {bad}" if bad else None
+
+
+def atomic_copy(src: str, dst: str) -> str:
+    """Copy ``src`` to ``dst`` through a synced temporary file and a rename: ``dst`` is never partial."""
+    import os
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(dst)))
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as source:
+            shutil.copyfileobj(source, out, 16 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, os.stat(src).st_mode & 0o777)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst
+
+
+def newest_readable_checkpoint(save_dir: str, suffix: str = "", skip: typing.Sequence[str] = ()) -> typing.Optional[str]:
+    """The most recently written complete ``checkpoint*{suffix}.pt`` of ``save_dir``."""
+    import glob
+    import os
+
+    skip = {os.path.abspath(p) for p in skip}
+    candidates = [p for p in glob.glob(os.path.join(save_dir, f"checkpoint*{suffix}.pt"))
+                  if os.path.abspath(p) not in skip]
+    for path in sorted(candidates, key=os.path.getmtime, reverse=True):
+        if checkpoint_problem(path) is None:
+            return path
+    return None
+
+
+class _AtomicCopyPathManager:
+    """fairseq's PathManager, but ``copy`` (how checkpoint_last.pt is written) is atomic for local files."""
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def copy(self, src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if "://" in src_path or "://" in dst_path:
+            return self._path_manager.copy(src_path, dst_path, overwrite)
+        return bool(atomic_copy(src_path, dst_path))
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+
+def make_checkpoints_crash_safe() -> None:
+    """Atomic checkpoint copies, named errors for unreadable checkpoints, fallback at resume.
+
+    fairseq writes the first checkpoint of a save through a temporary file, but *copies* it to the
+    others (``checkpoint_last.pt``, ``checkpoint_best.pt``) in place, so a crash during the copy
+    leaves a truncated ``checkpoint_last.pt``. Here the copy goes through a temporary file too.
+    ``load_checkpoint_to_cpu`` raises :class:`CheckpointError` naming an unreadable file. When
+    ``fairseq-train`` resumes (default ``--restore-file``) and ``checkpoint_last.pt`` is unreadable,
+    training resumes from the newest readable checkpoint of ``--save-dir`` instead, with a warning;
+    with none, it stops with an error naming the file.
+    """
+    import logging
+    import os
+
+    from fairseq import checkpoint_utils
+    from omegaconf import open_dict
+
+    if getattr(checkpoint_utils.load_checkpoint, "_vlp_mmt_crash_safe", False):
+        return
+    logger = logging.getLogger(__name__)
+    checkpoint_utils.PathManager = _AtomicCopyPathManager(checkpoint_utils.PathManager)
+    original_to_cpu = checkpoint_utils.load_checkpoint_to_cpu
+    original_load = checkpoint_utils.load_checkpoint
+
+    def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+        try:
+            return original_to_cpu(path, arg_overrides=arg_overrides, load_on_all_ranks=load_on_all_ranks)
+        except Exception as e:
+            problem = checkpoint_problem(path) if os.path.isfile(path) else None
+            if problem is None:
+                raise
+            raise CheckpointError(f"{path}: cannot read the checkpoint: {problem}") from e
+
+    def load_checkpoint(cfg, trainer, **passthrough_args):
+        suffix = trainer.checkpoint_suffix
+        last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
+        problem = checkpoint_problem(last) if cfg.restore_file == "checkpoint_last.pt" and os.path.isfile(last) \
+            else None
+        if problem is None:
+            return original_load(cfg, trainer, **passthrough_args)
+        fallback = newest_readable_checkpoint(cfg.save_dir, suffix, skip=[last])
+        if fallback is None:
+            raise CheckpointError(f"{last}: cannot resume: {problem}; no other readable checkpoint in {cfg.save_dir}")
+        logger.warning("%s: unreadable (%s); resuming from %s instead", last, problem, fallback)
+        saved = cfg.restore_file, cfg.finetune_from_model
+        with open_dict(cfg):
+            cfg.restore_file = fallback[: len(fallback) - len(suffix + ".pt")] + ".pt"
+            cfg.finetune_from_model = None
+        try:
+            return original_load(cfg, trainer, **passthrough_args)
+        finally:
+            with open_dict(cfg):
+                cfg.restore_file, cfg.finetune_from_model = saved
+
+    load_checkpoint._vlp_mmt_crash_safe = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+    checkpoint_utils.load_checkpoint = load_checkpoint
+
+
+# ----------------------------------------------------------------------------- bf16 without a TPU
+
+
+def allow_bf16_without_tpu() -> None:
+    """Let ``--bf16`` run on a GPU (or the CPU) when there is no TPU software.
+
+    fairseq 0.12's option parser turns ``--bf16`` into ``--tpu``, and a TPU run needs torch_xla. When
+    torch_xla is not installed, the wrapped ``call_main`` (which every fairseq CLI goes through before
+    it builds its trainer) clears the TPU flag again, so the trainer keeps its device and casts the
+    model to bfloat16 with fp32 master weights (fairseq's FP16Optimizer, no loss scaling).
+    """
+    import importlib.util
+    import logging
+
+    from fairseq.distributed import utils as distributed_utils
+    from omegaconf import open_dict
+
+    original = distributed_utils.call_main
+    if getattr(original, "_vlp_mmt_bf16", False):
+        return
+
+    def call_main(cfg, main, **kwargs):
+        common = cfg.common
+        if getattr(common, "bf16", False) and getattr(common, "tpu", False) \
+                and importlib.util.find_spec("torch_xla") is None:
+            logging.getLogger(__name__).info("--bf16 without torch_xla: bfloat16 on %s, not on a TPU",
+                                             "the CPU" if common.cpu else "the GPU")
+            with open_dict(common):
+                common.tpu = False
+        return original(cfg, main, **kwargs)
+
+    call_main._vlp_mmt_bf16 = True
+    distributed_utils.call_main = call_main

@@ -61,8 +61,9 @@ class ModalityGate(nn.Module):
         self.w_v = nn.Parameter(torch.zeros(hidden_dim))
 
     def forward(self, target_embed, h_x, h_v):
-        # all T x B x C
-        logits = target_embed @ self.w_y + h_x @ self.w_x + h_v @ self.w_v  # T x B
+        # all T x B x C; computed in the inputs' precision (float32), also when --fp16/--bf16 cast the weights
+        dtype = target_embed.dtype
+        logits = target_embed @ self.w_y.to(dtype) + h_x @ self.w_x.to(dtype) + h_v @ self.w_v.to(dtype)  # T x B
         return torch.sigmoid(logits)
 
 

@@ -95,6 +95,7 @@ class MultimodalBertEncoder(FairseqEncoder):
         self.frozen = frozen
         self.frozen_dropout = frozen_dropout
         self.visual_frozen = visual_frozen
+        self.cache = None  # stage 1 with --cache-frozen-encoder: a FrozenEncoderCache, used in training
         self.set_frozen(frozen, visual_frozen)
 
     # ------------------------------------------------------------------ freezing (stage 1)
@@ -146,6 +147,8 @@ class MultimodalBertEncoder(FairseqEncoder):
 
     def forward_bert(self, src_tokens, tag_tokens=None, region_features=None, region_boxes=None, region_mask=None):
         """BERT's output before the projection: (hidden B x T x H, keep B x T, kinds B x T)."""
+        if self.cache is not None and self.training:
+            return self.cache.forward_bert(self, src_tokens, tag_tokens, region_features, region_boxes, region_mask)
         x, keep, kinds = self.embed(src_tokens, tag_tokens, region_features, region_boxes, region_mask)
         if self.frozen and (self.visual is None or self.visual_frozen or region_features is None):
             with torch.no_grad():  # nothing before BERT trains: no graph needed

@@ -7,11 +7,12 @@ cross-attention received (``return_cross_attn_queries=True``); translation never
 import logging
 
 import torch
-from fairseq import checkpoint_utils
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerModel, base_architecture
 
+from vlp_mmt_fairseq.bert_export import export_encoder, read_encoder_state
 from vlp_mmt_fairseq.bert_loading import load_bert_model
+from vlp_mmt_fairseq.models.frozen_encoder_cache import FrozenEncoderCache
 from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
 
 logger = logging.getLogger(__name__)
@@ -62,9 +63,21 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
                             help="keep dropout on inside a frozen BERT (default: a frozen BERT runs "
                                  "without dropout, as a fixed feature extractor)")
         parser.add_argument("--load-vlp", metavar="PATH", default=None,
-                            help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint")
+                            help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint (or a directory "
+                                 "written by vlp-mmt-export-bert); the pre-training heads are dropped")
+        parser.add_argument("--export-vlp-bert", metavar="DIR", default=None,
+                            help="with --load-vlp: also write the loaded encoder as a Hugging Face BERT "
+                                 "directory (see vlp-mmt-export-bert)")
         parser.add_argument("--bert-random-init", action="store_true",
                             help="BERT's config from --bert-model, but random weights (tests, timing)")
+        parser.add_argument("--cache-frozen-encoder", action="store_true",
+                            help="stage 1: compute the frozen BERT's output once per sentence and reuse it in "
+                                 "later epochs (needs --freeze-bert, and --load-vlp or --no-images)")
+        parser.add_argument("--cache-frozen-encoder-mem-mb", type=float, metavar="MB", default=2048,
+                            help="memory for --cache-frozen-encoder; the rest spills to disk (default: 2048)")
+        parser.add_argument("--cache-frozen-encoder-dir", metavar="DIR", default=None,
+                            help="where --cache-frozen-encoder spills and keeps its entries across runs "
+                                 "(default: a temporary directory, removed at exit)")
 
     @classmethod
     def build_model(cls, args, task):
@@ -75,11 +88,20 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         loaded_visual = False
         if getattr(args, "load_vlp", None):
             loaded_visual = load_vlp_encoder(encoder, args.load_vlp)
+            if getattr(args, "export_vlp_bert", None) and is_first_rank():
+                export_encoder(encoder.bert, encoder.visual if loaded_visual else None, args.export_vlp_bert,
+                               task.cfg.bert_model, source=args.load_vlp, force=True)
+                logger.info("exported the VLP encoder to %s", args.export_vlp_bert)
             # from here on the weights live in this model's own checkpoints: fairseq-generate and
             # resumed runs rebuild the model from them without reading the VLP file again
             args.load_vlp = None
+            args.export_vlp_bert = None
+        elif getattr(args, "export_vlp_bert", None):
+            raise ValueError("--export-vlp-bert needs --load-vlp")
         encoder.frozen_dropout = getattr(args, "frozen_bert_dropout", False)
         encoder.set_frozen(getattr(args, "freeze_bert", False), visual_frozen=loaded_visual)
+        if getattr(args, "cache_frozen_encoder", False):
+            encoder.cache = FrozenEncoderCache(args.cache_frozen_encoder_mem_mb, args.cache_frozen_encoder_dir)
         embed_tokens = TransformerModel.build_embedding(args, task.target_dictionary, args.decoder_embed_dim)
         decoder = CrossAttentionQueryDecoder(args, task.target_dictionary, embed_tokens)
         return cls(encoder, decoder)
@@ -98,18 +120,29 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         return (self.encoder.max_positions(), self.decoder.max_positions())
 
 
+def is_first_rank() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+        torch.distributed.get_rank() == 0
+
+
 def load_vlp_encoder(encoder: MultimodalBertEncoder, path: str) -> bool:
-    """Copy BERT and FFN(v) from a ``vlp_pretrain`` checkpoint; returns whether FFN(v) was loaded."""
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
-    prefix = "encoder."
-    wanted = {k[len(prefix):]: v for k, v in state.items()
-              if k.startswith(prefix + "bert.") or k.startswith(prefix + "visual.")}
-    if not any(k.startswith("bert.") for k in wanted):
-        raise ValueError(f"{path}: no encoder.bert.* weights; is it a vlp_pretrain checkpoint?")
+    """Copy BERT and FFN(v) from a ``vlp_pretrain`` checkpoint or an exported directory.
+
+    The pre-training heads are not read. Returns whether FFN(v) was loaded.
+    """
+    wanted = read_encoder_state(path)
     has_visual = any(k.startswith("visual.") for k in wanted)
-    if has_visual and encoder.visual is None:
+    if has_visual and encoder.visual is None:  # a text-only model takes BERT alone
         wanted = {k: v for k, v in wanted.items() if not k.startswith("visual.")}
         has_visual = False
+    own = encoder.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in wanted.items()
+                  if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(
+            f"{path}: the pre-trained encoder does not fit this model ({'; '.join(mismatched[:3])}): was it "
+            "pre-trained from another --bert-model or with features of another size?"
+        )
     missing, unexpected = encoder.load_state_dict(wanted, strict=False)
     missing = [k for k in missing if k.startswith("bert.") or (has_visual and k.startswith("visual."))]
     if missing or unexpected:
