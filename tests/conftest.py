@@ -84,3 +84,17 @@ def toy_data(toy_corpus, tmp_path_factory) -> Path:
     run_cli([sys.executable, REPO_ROOT / "preprocess" / "prepare_multi30k.py", "--multi30k-dir", toy_corpus,
              "--out", out, "--spm-vocab-size", 400, "--spm-vocab-size-src", 400])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout_dir(tiny_bert_dir, tmp_path_factory) -> Path:
+    """``tiny_bert_dir`` with BERT's dropout set to 0 (runs that must be exactly reproducible)."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("tiny_bert_no_dropout") / "bert"
+    shutil.copytree(tiny_bert_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out

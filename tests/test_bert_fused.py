@@ -2,7 +2,6 @@
 (stock transformer, then bert_fused warm-started from it, then beam search)."""
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,15 @@ COMMON = ["-s", "en", "-t", "de", "--optimizer", "adam", "--lr", "1e-3", "--max-
           "--num-workers", "0", "--cpu", "--seed", "1", "--no-epoch-checkpoints"]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process tests run single-threaded too (see CLI_ENV), the setting restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def bert_fused_args(toy_data, tiny_bert_dir, *extra):
     return [str(toy_data / "text"), "--user-dir", str(USER_DIR), "--task", "bert_fused_translation",
             "--bert-model", str(tiny_bert_dir), "--arch", "bert_fused_tiny", "-s", "en", "-t", "de",
@@ -31,7 +39,8 @@ def bert_fused_args(toy_data, tiny_bert_dir, *extra):
             *map(str, extra)]
 
 
-def setup(args, build_model=True):
+def build(args, build_model=True):
+    """The task (and model) that fairseq-train would build from these arguments."""
     parsed = options.parse_args_and_arch(options.get_training_parser(), args)
     cfg = convert_namespace_to_omegaconf(parsed)
     task = tasks.setup_task(cfg.task)
@@ -43,7 +52,7 @@ def setup(args, build_model=True):
 
 
 def test_batches_carry_aligned_bert_tokens_and_lose_nothing(toy_data, tiny_bert_dir):
-    task, _ = setup(bert_fused_args(toy_data, tiny_bert_dir), build_model=False)
+    task, _ = build(bert_fused_args(toy_data, tiny_bert_dir), build_model=False)
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     pad, bert_pad = task.source_dictionary.pad(), task.bert_dictionary.pad()
@@ -69,7 +78,7 @@ def test_line_count_mismatch_names_both_files(toy_data, tiny_bert_dir, tmp_path)
     bert_dir.mkdir()
     for ext in ("bin", "idx"):  # 200 test sentences posing as the 100 valid ones
         shutil.copy(toy_data / "bert" / f"test2016.en-de.en.{ext}", bert_dir / f"valid.en-de.en.{ext}")
-    task, _ = setup(bert_fused_args(toy_data, tiny_bert_dir, "--bert-data", bert_dir), build_model=False)
+    task, _ = build(bert_fused_args(toy_data, tiny_bert_dir, "--bert-data", bert_dir), build_model=False)
     with pytest.raises(ValueError) as error:
         task.load_dataset("valid")
     message = str(error.value)
@@ -104,51 +113,45 @@ def memories(batch=3, length=5, bert_length=7, dim=16, bert_dim=24):
     return x, pad, bert, bert_pad
 
 
-def assert_dropnet(layer, run, own_path, bert_path):
-    """Eval: the average of the two attentions; training with p=1: exactly one of them, both occur."""
+def assert_dropnet(layer, run, mix):
+    """``mix(w_own, w_bert)``: the attention sub-layer by hand, its two attentions weighted.
+
+    Eval: the layer is the FFN over the average of the two attentions. Training with p=1: the
+    FFN over exactly one of them, both occurring over draws. Training with p=0: the average.
+    """
+    average, only_own, only_bert = (ffn_block(layer, mix(*w)) for w in ((0.5, 0.5), (1.0, 0.0), (0.0, 1.0)))
+    assert not torch.allclose(only_own, only_bert)  # two really different paths
     layer.eval()
-    torch.testing.assert_close(run(), ffn_block(layer, own_path(0.5) + bert_path(0.5)))
-    assert not torch.allclose(own_path(1.0), bert_path(1.0))  # two really different paths
-    only_own, only_bert = ffn_block(layer, own_path(1.0)), ffn_block(layer, bert_path(1.0))
+    torch.testing.assert_close(run(), average)
     layer.train()
     chosen = []
     for seed in range(16):
         torch.manual_seed(seed)
         out = run()
-        is_own, is_bert = torch.allclose(out, only_own), torch.allclose(out, only_bert)
+        is_own, is_bert = (torch.allclose(out, path, rtol=1e-4, atol=1e-5) for path in (only_own, only_bert))
         assert is_own != is_bert, "in training with p=1 a layer uses exactly one of its two attentions"
         chosen.append(is_own)
     assert any(chosen) and not all(chosen)
-    layer.dropnet = 0.0  # p=0: the average in training too
-    torch.testing.assert_close(run(), ffn_block(layer, own_path(0.5) + bert_path(0.5)))
+    layer.dropnet = 0.0
+    torch.testing.assert_close(run(), average)
 
 
 @torch.no_grad()
 def test_dropnet_encoder_layer():
-    cfg = layer_config()
-    layer = BertFusedEncoderLayer(cfg, bert_dim=24, dropnet=1.0)
+    layer = BertFusedEncoderLayer(layer_config(), bert_dim=24, dropnet=1.0)
     x, pad, bert, bert_pad = memories()
     own = layer.self_attn(query=x, key=x, value=x, key_padding_mask=pad)[0]
-    fused = layer.bert_attn(query=x, key=bert, value=bert, key_padding_mask=bert_pad)[0]
-
-    def own_path(w):  # the residual half of the attention sub-layer, weight w on self-attention
-        return x + w * own if w == 1.0 else w * own
-
-    def bert_path(w):
-        return layer.self_attn_layer_norm(x + w * fused) if w == 1.0 else w * fused
+    to_bert = layer.bert_attn(query=x, key=bert, value=bert, key_padding_mask=bert_pad)[0]
 
     def mix(w_own, w_bert):
-        return layer.self_attn_layer_norm(x + w_own * own + w_bert * fused)
+        return layer.self_attn_layer_norm(x + w_own * own + w_bert * to_bert)
 
-    assert_dropnet(layer, lambda: layer(x, pad, bert, bert_pad),
-                   own_path=lambda w: mix(w, 0.0) if w == 1.0 else mix(0.5, 0.5) / 2,
-                   bert_path=lambda w: mix(0.0, w) if w == 1.0 else mix(0.5, 0.5) / 2)
+    assert_dropnet(layer, lambda: layer(x, pad, bert, bert_pad), mix)
 
 
 @torch.no_grad()
 def test_dropnet_decoder_layer():
-    cfg = layer_config()
-    layer = BertFusedDecoderLayer(cfg, bert_dim=24, dropnet=1.0)
+    layer = BertFusedDecoderLayer(layer_config(), bert_dim=24, dropnet=1.0)
     y, _, bert, bert_pad = memories(length=4)
     enc, enc_pad, _, _ = memories(length=6)
     future = torch.triu(torch.full((4, 4), float("-inf")), 1)
@@ -156,12 +159,104 @@ def test_dropnet_decoder_layer():
     to_encoder = layer.encoder_attn(query=h, key=enc, value=enc, key_padding_mask=enc_pad)[0]
     to_bert = layer.bert_attn(query=h, key=bert, value=bert, key_padding_mask=bert_pad)[0]
 
-    def mix(w_enc, w_bert):
-        return layer.encoder_attn_layer_norm(h + w_enc * to_encoder + w_bert * to_bert)
+    def mix(w_own, w_bert):
+        return layer.encoder_attn_layer_norm(h + w_own * to_encoder + w_bert * to_bert)
 
-    def run():
-        return layer(y, enc, enc_pad, bert, bert_pad, self_attn_mask=future)[0]
+    assert_dropnet(layer, lambda: layer(y, enc, enc_pad, bert, bert_pad, self_attn_mask=future)[0], mix)
 
-    assert_dropnet(layer, run,
-                   own_path=lambda w: mix(w, 0.0) if w == 1.0 else mix(0.5, 0.5) / 2,
-                   bert_path=lambda w: mix(0.0, w) if w == 1.0 else mix(0.5, 0.5) / 2)
+
+# ----------------------------------------------------------------------------------------- model
+
+
+def test_incremental_decoding_matches_full_pass_and_bert_is_frozen(toy_data, tiny_bert_dir):
+    # p=0: every layer averages its two attentions in training too, so both get gradients below
+    task, model = build(bert_fused_args(toy_data, tiny_bert_dir, "--dropnet", "0"))
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(task.dataset("valid"), max_sentences=4, seed=1).next_epoch_itr(shuffle=False)
+    sample = next(iter(itr))
+    net_input = sample["net_input"]
+    bert_params = list(model.encoder.bert_encoder.bert.parameters())
+    assert bert_params and not any(p.requires_grad for p in bert_params)  # frozen by default
+
+    model.eval()
+    with torch.no_grad():
+        encoder_out = model.encoder(net_input["src_tokens"], net_input["src_lengths"], net_input["bert_tokens"])
+        assert encoder_out["bert_encoder_out"][0].shape[:2] == net_input["bert_tokens"].t().shape
+        prev = net_input["prev_output_tokens"]
+        full = model.decoder(prev, encoder_out=encoder_out)[0]
+        state = {}
+        steps = [model.decoder(prev[:, :t + 1], encoder_out=encoder_out, incremental_state=state)[0][:, -1]
+                 for t in range(prev.size(1))]
+    real = prev.ne(task.target_dictionary.pad())
+    torch.testing.assert_close(torch.stack(steps, 1)[real], full[real], atol=1e-4, rtol=1e-4)
+
+    model.train()  # the paper's frozen BERT is a fixed feature extractor: no dropout, no gradient
+    assert not model.encoder.bert_encoder.bert.training
+    loss = model(**net_input)[0].logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is None for p in bert_params)
+    assert model.encoder.layers[0].bert_attn.k_proj.weight.grad.abs().sum() > 0
+    assert model.decoder.layers[0].bert_attn.k_proj.weight.grad.abs().sum() > 0
+
+
+def test_finetune_bert_trains_bert(toy_data, tiny_bert_dir):
+    task, model = build(bert_fused_args(toy_data, tiny_bert_dir, "--finetune-bert"))
+    task.load_dataset("valid")
+    sample = next(iter(task.get_batch_iterator(task.dataset("valid"), max_sentences=2).next_epoch_itr(shuffle=False)))
+    model.train()
+    assert model.encoder.bert_encoder.bert.training
+    model(**sample["net_input"])[0].logsumexp(-1).mean().backward()
+    assert model.encoder.bert_encoder.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def text_checkpoint(toy_data, tmp_path_factory) -> Path:
+    """A stock transformer_tiny trained a few updates by the real fairseq-train on the text data."""
+    save_dir = tmp_path_factory.mktemp("text_only")
+    run_cli(["fairseq-train", toy_data / "text", "--task", "translation", "--arch", "transformer_tiny",
+             "--required-batch-size-multiple", "1", "--save-dir", save_dir, *COMMON], env=CLI_ENV)
+    return save_dir / "checkpoint_last.pt"
+
+
+def test_warm_start_copies_every_text_only_weight(toy_data, tiny_bert_dir, text_checkpoint):
+    text_state = checkpoint_utils.load_checkpoint_to_cpu(str(text_checkpoint))["model"]
+    _, cold = build(bert_fused_args(toy_data, tiny_bert_dir))
+    _, model = build(bert_fused_args(toy_data, tiny_bert_dir, "--warmstart-from", text_checkpoint))
+    state = model.state_dict()
+    for name, value in text_state.items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
+    assert not torch.equal(cold.state_dict()["encoder.layers.0.fc1.weight"], text_state["encoder.layers.0.fc1.weight"])
+    new = [k for k in state if k not in text_state]
+    assert any(".bert_attn." in k for k in new) and any(".encoder_attn2." in k for k in new)
+    for name in new:  # what the text model lacks is as built: BERT attentions initialised, BERT pre-trained
+        torch.testing.assert_close(state[name], cold.state_dict()[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="not a text-only transformer of this architecture"):
+        build(bert_fused_args(toy_data, tiny_bert_dir, "--warmstart-from", text_checkpoint,
+                              "--encoder-layers", "3"))
+
+
+def test_train_warm_started_and_generate_with_the_clis(toy_data, tiny_bert_dir, text_checkpoint, tmp_path):
+    from transformers import BertModel
+
+    save_dir = tmp_path / "bert_fused"
+    run_cli(["fairseq-train", toy_data / "text", "--user-dir", USER_DIR, "--task", "bert_fused_translation",
+             "--bert-model", tiny_bert_dir, "--arch", "bert_fused_tiny", "--warmstart-from", text_checkpoint,
+             "--save-dir", save_dir, *COMMON], env=CLI_ENV)
+    checkpoint = checkpoint_utils.load_checkpoint_to_cpu(str(save_dir / "checkpoint_last.pt"))
+    assert checkpoint["cfg"]["model"].warmstart_from is None  # the weights now live in this checkpoint
+    text_state = checkpoint_utils.load_checkpoint_to_cpu(str(text_checkpoint))["model"]
+    trained = checkpoint["model"]
+    assert not torch.equal(trained["decoder.layers.0.fc1.weight"], text_state["decoder.layers.0.fc1.weight"])
+    bert = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False).state_dict()
+    for name, value in bert.items():  # frozen: BERT leaves training as it came
+        torch.testing.assert_close(trained["encoder.bert_encoder.bert." + name], value, rtol=0, atol=0)
+
+    result = run_cli(["fairseq-generate", toy_data / "text", "--user-dir", USER_DIR,
+                      "--task", "bert_fused_translation", "--bert-model", tiny_bert_dir, "-s", "en", "-t", "de",
+                      "--path", save_dir / "checkpoint_last.pt", "--gen-subset", "test2016", "--beam", "5",
+                      "--batch-size", "64", "--max-len-a", "1", "--max-len-b", "5", "--cpu", "--num-workers", "0"],
+                     env=CLI_ENV)
+    hypotheses = [line for line in result.stdout.splitlines() if line.startswith("H-")]
+    test_lines = (toy_data / "raw" / "test2016.en").read_text(encoding="utf-8").splitlines()
+    assert len(hypotheses) == len(test_lines) == 200
+    assert sorted(int(line.split("\t")[0][2:]) for line in hypotheses) == list(range(200))

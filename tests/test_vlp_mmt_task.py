@@ -24,7 +24,8 @@ def key_coded_store(toy_corpus, tmp_path_factory):
         with open(toy_corpus / "image_splits" / f"{name}.txt") as f:
             keys += [image_key_from_line(line) for line in f]
     path = tmp_path_factory.mktemp("keyed") / "keyed.h5"
-    write_synthetic_store(str(path), keys, feature_dim=32, num_regions=6, encode_key=True)
+    tags = {key: ["street light", "dog"] for key in keys}
+    write_synthetic_store(str(path), keys, tags_per_key=tags, feature_dim=32, num_regions=6, encode_key=True)
     return path
 
 
@@ -57,12 +58,14 @@ def test_batches_hold_the_right_image_for_every_sentence(toy_data, tiny_bert_dir
             assert ids == tokenizer(raw[sample_id])["input_ids"]
             assert (net["src_tokens"][row][net["src_lengths"][row]:] == 0).all()
             tags = [t for t in net["tag_tokens"][row].tolist() if t != 0]
-            assert tags and tags[-1] == tokenizer.sep_token_id
+            assert tags == tokenizer("street light dog", add_special_tokens=False)["input_ids"] + [
+                tokenizer.sep_token_id]
         seen += batch["id"].tolist()
     assert sorted(seen) == list(range(len(keys)))  # every sentence once, none dropped
 
 
 def fairseq_train(*argv):
+    argv = [*argv, "--max-tokens", "1000"]
     return subprocess.run(["fairseq-train", *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
 

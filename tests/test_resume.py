@@ -1,0 +1,111 @@
+"""Crash-safe resumption: fairseq-train killed with SIGKILL in stage 2, restarted, finishes as if never stopped."""
+import logging
+import math
+import shutil
+import signal
+
+import pytest
+import torch
+
+from training_runs import REPO_ROOT, build_trainer, fairseq_train, finish, load_plugin, logged, start, wait_for
+
+KILL_AFTER_UPDATE = 6  # after the checkpoint of update 4, before the one of update 8
+
+
+def stage2_args(toy_data, toy_corpus, bert_dir, save_dir):
+    """Stage 2 (BERT trains), dropout 0 everywhere, a checkpoint every 4 updates, 16 updates in all."""
+    return [
+        toy_data / "bert", "--user-dir", REPO_ROOT / "vlp_mmt_fairseq", "--task", "vlp_mmt",
+        "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
+        "--bert-model", bert_dir, "--image-features", toy_corpus / "features.h5", "--max-regions", "6",
+        "--dropout", "0", "--optimizer", "adam", "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt",
+        "--warmup-updates", "4", "--max-sentences", "16", "--max-update", "16", "--save-interval-updates", "4",
+        "--max-valid-steps", "2", "--batch-size-valid", "16", "--save-dir", save_dir, "--num-workers", "0",
+        "--cpu", "--seed", "1", "--log-format", "json", "--log-interval", "1",
+    ]
+
+
+def validation_loss(checkpoint) -> float:
+    """The label-smoothed loss (bits per token) of a checkpoint on the whole valid split, at full precision."""
+    load_plugin()
+    from fairseq import checkpoint_utils
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)])
+    model = models[0].eval()
+    criterion = task.build_criterion(cfg.criterion)
+    task.load_dataset("valid")
+    batches = task.get_batch_iterator(task.dataset("valid"), max_sentences=16, seed=1).next_epoch_itr(shuffle=False)
+    loss = size = 0.0
+    with torch.no_grad():
+        for sample in batches:
+            batch_loss, batch_size, _ = criterion(model, sample)
+            loss, size = loss + float(batch_loss), size + float(batch_size)
+    return loss / size / math.log(2)
+
+
+def loaded_updates(text: str, path) -> int:
+    """The update count fairseq reports for the checkpoint it loaded from ``path``."""
+    for line in text.splitlines():
+        if f"Loaded checkpoint {path} (epoch" in line:
+            return int(line.split(" @ ")[1].split(" updates")[0])
+    raise AssertionError(f"no 'Loaded checkpoint {path}' in the log:\n{text[-3000:]}")
+
+
+def truncate_half(path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def test_sigkill_then_restart_matches_uninterrupted_run(toy_data, toy_corpus, tiny_bert_no_dropout_dir, tmp_path,
+                                                        caplog):
+    from vlp_mmt_fairseq.compat import CheckpointError, checkpoint_problem
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    uninterrupted = start([fairseq_train()] + stage2_args(toy_data, toy_corpus, tiny_bert_no_dropout_dir, whole),
+                          tmp_path / "whole.log")
+    command = [fairseq_train()] + stage2_args(toy_data, toy_corpus, tiny_bert_no_dropout_dir, killed)
+    first = start(command, tmp_path / "killed.log")
+
+    def past_first_checkpoint(text):
+        updates = [int(r["num_updates"]) for r in logged(text, "train_inner")]
+        return (killed / "checkpoint_1_4.pt").exists() and updates and updates[-1] >= KILL_AFTER_UPDATE
+
+    wait_for(past_first_checkpoint, first, tmp_path / "killed.log")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL
+    assert "done training" not in (tmp_path / "killed.log").read_text()
+    for path in killed.glob("checkpoint*.pt"):  # the writes are atomic: no half-written checkpoint
+        assert checkpoint_problem(str(path)) is None, path
+    truncated = tmp_path / "truncated"
+    shutil.copytree(killed, truncated)
+
+    # the same command again: it resumes from checkpoint_last.pt and finishes the schedule
+    restarted = start(command, tmp_path / "restarted.log")
+
+    # meanwhile: a crash in fairseq's (non-atomic) copy leaves a truncated checkpoint_last.pt;
+    # resuming skips it, with a warning that names it, for the newest readable checkpoint
+    last = truncated / "checkpoint_last.pt"
+    truncate_half(last)
+    load_plugin()
+    from fairseq import checkpoint_utils
+
+    with pytest.raises(CheckpointError, match=str(last)):  # loading it anywhere else: an error naming it
+        checkpoint_utils.load_checkpoint_to_cpu(str(last))
+    cfg, _, trainer = build_trainer(stage2_args(toy_data, toy_corpus, tiny_bert_no_dropout_dir, truncated))
+    with caplog.at_level(logging.WARNING, logger="vlp_mmt_fairseq.compat"):
+        checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer)
+    assert f"{last}: unreadable" in caplog.text
+    assert trainer.get_num_updates() >= 4
+    assert cfg.checkpoint.restore_file == "checkpoint_last.pt"  # the configuration is left as it was
+
+    whole_log = finish(uninterrupted, tmp_path / "whole.log")
+    restarted_log = finish(restarted, tmp_path / "restarted.log")
+    assert loaded_updates(restarted_log, killed / "checkpoint_last.pt") >= 4
+    assert "done training" in restarted_log
+    assert logged(restarted_log, "train_inner")[-1]["num_updates"] == "16"
+
+    # the same final validation loss as the uninterrupted run: as logged, and at full precision
+    assert logged(restarted_log, "valid")[-1]["valid_loss"] == logged(whole_log, "valid")[-1]["valid_loss"]
+    assert validation_loss(killed / "checkpoint_last.pt") == pytest.approx(
+        validation_loss(whole / "checkpoint_last.pt"), rel=1e-4)

@@ -1,0 +1,90 @@
+"""Helpers for tests that run ``fairseq-train`` several times, side by side."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROBE = Path(__file__).resolve().parent / "fairseq_train_probe.py"
+
+
+def cli_env() -> dict:
+    """One intra-op thread per process: runs side by side on 2 cores would otherwise oversubscribe them."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def start(args, log: Path) -> subprocess.Popen:
+    """Start a command with its stdout and stderr going to ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT, env=cli_env())
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: float = 600) -> str:
+    """Wait for ``process``; fail with the end of its log unless it exited with 0; return the log."""
+    process.wait(timeout=timeout)
+    text = log.read_text()
+    assert process.returncode == 0, f"{' '.join(map(str, process.args))}\n{text[-6000:]}"
+    return text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def logged(text: str, tag: str) -> List[dict]:
+    """The json records fairseq logged under ``tag`` (``train_inner``, ``valid``, ``train``)."""
+    records = []
+    for line in text.splitlines():
+        marker = f"| {tag} | "
+        if marker in line:
+            records.append(json.loads(line.split(marker, 1)[1]))
+    return records
+
+
+def wait_for(predicate, process: subprocess.Popen, log: Path, timeout: float = 300, poll: float = 0.05) -> None:
+    """Poll until ``predicate(log text)`` holds; fail if the process ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate(log.read_text()):
+            return
+        assert process.poll() is None, f"the run ended before the awaited point:\n{log.read_text()[-4000:]}"
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting:\n{log.read_text()[-4000:]}")
+
+
+def fairseq_train() -> str:
+    return str(Path(sys.executable).parent / "fairseq-train")
+
+
+def load_plugin() -> None:
+    """Register the plugin in this process, even when it was first imported before fairseq."""
+    import fairseq  # noqa: F401
+
+    from vlp_mmt_fairseq import compat, criterions, models, tasks  # noqa: F401  (registration)
+
+    compat.register_safe_checkpoint_globals()
+    compat.make_checkpoints_crash_safe()
+
+
+def build_trainer(argv, trainer_class=None):
+    """fairseq-train's setup in this process: (cfg, task, trainer) for the command-line arguments ``argv``."""
+    import numpy as np
+    from fairseq import options, tasks, utils
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    load_plugin()
+    args = options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in argv])
+    cfg = convert_namespace_to_omegaconf(args)
+    np.random.seed(cfg.common.seed)
+    utils.set_torch_seed(cfg.common.seed)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    return cfg, task, (trainer_class or Trainer)(cfg, task, model, criterion)
