@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests run tiny models, where a second intra-op thread gains little, and a busy machine makes
+# OpenMP threads spin against each other; one thread per process keeps timings predictable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -12,26 +12,18 @@ import json
 import math
 import sys
 
+from fairseq_cli import train  # isort: skip  (first: importing it sets fairseq's log format)
 import torch
 from fairseq import trainer as trainer_module
-from fairseq_cli import train
 
 
 def observe(prefix: str) -> None:
     losses, seen = [], {}
-    train_step = trainer_module.Trainer.train_step
     reduce_and_log = trainer_module.Trainer._reduce_and_log_stats
 
-    def observed_train_step(self, samples, raise_oom=False):
-        seen["trainer"] = self
-        self._probe_training = True
-        try:
-            return train_step(self, samples, raise_oom)
-        finally:
-            self._probe_training = False
-
     def observed_reduce_and_log(self, logging_outputs, sample_size, grad_norm=None):
-        if getattr(self, "_probe_training", False):
+        seen["trainer"] = self
+        if self.model.training:  # a training update (validation runs in eval mode)
             loss = sum(float(log.get("loss", 0)) for log in logging_outputs)
             size = sum(float(log.get("sample_size", 0)) for log in logging_outputs)
             losses.append({"update": self.get_num_updates(), "loss": loss / size / math.log(2)})
@@ -48,7 +40,6 @@ def observe(prefix: str) -> None:
         state.update({"criterion." + k: v for k, v in trainer.get_criterion().state_dict().items()})
         torch.save(state, f"{prefix}.rank{rank}.pt")
 
-    trainer_module.Trainer.train_step = observed_train_step
     trainer_module.Trainer._reduce_and_log_stats = observed_reduce_and_log
     atexit.register(dump)
 

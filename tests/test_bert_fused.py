@@ -233,15 +233,19 @@ def test_warm_start_copies_every_text_only_weight(toy_data, tiny_bert_dir, text_
     with pytest.raises(ValueError, match="not a text-only transformer of this architecture"):
         build(bert_fused_args(toy_data, tiny_bert_dir, "--warmstart-from", text_checkpoint,
                               "--encoder-layers", "3"))
+    with pytest.raises(ValueError, match="one weight in this model but differ in the checkpoint"):
+        build(bert_fused_args(toy_data, tiny_bert_dir, "--warmstart-from", text_checkpoint,
+                              "--share-decoder-input-output-embed"))
 
 
 def test_train_warm_started_and_generate_with_the_clis(toy_data, tiny_bert_dir, text_checkpoint, tmp_path):
     from transformers import BertModel
 
     save_dir = tmp_path / "bert_fused"
-    run_cli(["fairseq-train", toy_data / "text", "--user-dir", USER_DIR, "--task", "bert_fused_translation",
-             "--bert-model", tiny_bert_dir, "--arch", "bert_fused_tiny", "--warmstart-from", text_checkpoint,
-             "--save-dir", save_dir, *COMMON], env=CLI_ENV)
+    train = run_cli(["fairseq-train", toy_data / "text", "--user-dir", USER_DIR, "--task", "bert_fused_translation",
+                     "--bert-model", tiny_bert_dir, "--arch", "bert_fused_tiny", "--warmstart-from", text_checkpoint,
+                     "--save-dir", save_dir, *COMMON], env=CLI_ENV)
+    assert f"warm start from {text_checkpoint}" in train.stdout
     checkpoint = checkpoint_utils.load_checkpoint_to_cpu(str(save_dir / "checkpoint_last.pt"))
     assert checkpoint["cfg"]["model"].warmstart_from is None  # the weights now live in this checkpoint
     text_state = checkpoint_utils.load_checkpoint_to_cpu(str(text_checkpoint))["model"]

@@ -250,10 +250,10 @@ class BertFusedModel(TransformerModel):
         parser.add_argument("--dropnet", type=float, metavar="P",
                             help="drop-net rate p_net in [0, 1]: in training, each layer uses only its own "
                                  "attention with probability P/2 and only the BERT attention with P/2, else "
-                                 "their average; inference always averages (default 1.0, the paper's; the "
-                                 "authors' --encoder-bert-dropout-ratio is P/2)")
+                                 "their average; inference always averages (default 1.0, the authors' published "
+                                 "recipe; their --encoder-bert-dropout-ratio is P/2)")
         parser.add_argument("--finetune-bert", action="store_true",
-                            help="train BERT too (default: BERT is frozen, as in the paper)")
+                            help="train BERT too (default: BERT is frozen, as in the authors' code)")
         parser.add_argument("--frozen-bert-dropout", action="store_true",
                             help="keep dropout on inside a frozen BERT (default: a frozen BERT runs without "
                                  "dropout, as a fixed feature extractor)")
@@ -290,8 +290,8 @@ class BertFusedModel(TransformerModel):
         model = cls(cfg, encoder, decoder)
         if args.warmstart_from:
             warm_start(model, args.warmstart_from)
-            # from here on the weights live in this model's own checkpoints: fairseq-generate and
-            # resumed runs rebuild the model from them without reading the text-only one again
+            # from here on the weights live in this model's own checkpoints: fairseq-generate
+            # rebuilds the model from their configuration without reading the text-only one again
             args.warmstart_from = None
         return model
 
@@ -314,6 +314,11 @@ def warm_start(model: BertFusedModel, path: str) -> List[str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--warmstart-from {path}: no such checkpoint")
     state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    for names in tied_weights(model):
+        values = [state[n] for n in names if n in state]
+        if any(not torch.equal(values[0], v) for v in values[1:]):
+            raise ValueError(f"--warmstart-from {path}: {' and '.join(names)} are one weight in this model but "
+                             "differ in the checkpoint; use the same embedding-sharing options as the text model")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
@@ -327,6 +332,14 @@ def warm_start(model: BertFusedModel, path: str) -> List[str]:
     logger.info("warm start from %s: %d weights loaded, %d BERT-fusion weights left as built",
                 path, len(state), len(result.missing_keys))
     return result.missing_keys
+
+
+def tied_weights(model) -> List[List[str]]:
+    """Groups of state-dict keys that name one tensor (e.g. shared input/output embeddings)."""
+    groups: Dict[int, List[str]] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(value), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 @register_model_architecture("bert_fused", "bert_fused_base")

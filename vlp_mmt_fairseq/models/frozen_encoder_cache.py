@@ -9,9 +9,9 @@ An entry is keyed by a hash of everything BERT reads for one sentence (the WordP
 kept regions and boxes), so it does not depend on the batch, the split or the epoch. The entries
 live in memory up to ``--cache-frozen-encoder-mem-mb``; the least recently used ones beyond that
 spill to ``--cache-frozen-encoder-dir`` (one ``.npy`` file each, written atomically). Without a
-directory, a temporary one is used and removed at exit. A given directory keeps its entries across
-runs in a sub-directory named after a hash of the frozen weights, so a restarted run reuses them
-and another model never sees them. The cache is used in training only (validation and generation
+directory, a temporary one is used and removed at exit. A given directory receives every entry as
+it is computed and keeps them across runs, in a sub-directory named after a hash of the frozen
+weights, so a restarted run reuses them and another model never sees them. The cache is used in training only (validation and generation
 run BERT as usual), and each training batch logs its hit rate as ``encoder_cache_hit``.
 """
 import hashlib
@@ -113,7 +113,7 @@ class FrozenEncoderCache:
                             raise FrozenEncoderCacheError(
                                 f"cache entry {keys[row]} has {entry.size(0)} positions, the sentence "
                                 f"{int(keep[row].sum())}: the cache directory belongs to another setup")
-                        hidden[row, keep[row]] = entry.to(hidden.dtype)
+                        hidden[row, keep[row]] = entry.to(hidden.device, hidden.dtype)
             for row in missing:
                 self.put(keys[row], hidden[row, keep[row]])
         return hidden, keep, kinds
@@ -147,7 +147,10 @@ class FrozenEncoderCache:
         return None
 
     def put(self, key: str, hidden: torch.Tensor) -> None:
-        self._remember(key, hidden.detach().to("cpu", copy=True).contiguous())
+        entry = hidden.detach().to("cpu", copy=True).contiguous()
+        if self.root is not None:  # a directory of the user's: keep every entry for later runs
+            self._spill(key, entry)
+        self._remember(key, entry)
 
     def _remember(self, key: str, entry: torch.Tensor) -> None:
         self._memory[key] = entry
@@ -166,7 +169,7 @@ class FrozenEncoderCache:
         fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npy.tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.save(f, entry.numpy())
+                np.save(f, (entry.float() if entry.dtype == torch.bfloat16 else entry).numpy())  # bf16: exact
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
