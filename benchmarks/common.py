@@ -98,22 +98,20 @@ def synthetic_store(path: Path, keys: Sequence[str], feature_dim: int = 2048, re
 
 
 def subset_split(data: Path, source: str, target: str, size: int) -> str:
-    """The first ``size`` sentences of split ``source`` as split ``target`` of bert/ (written once)."""
+    """The first ``size`` sentences of split ``source`` as split ``target``, in bert/ and text/ (written once)."""
     from fairseq.data import data_utils, indexed_dataset
 
-    bert = data / "bert"
-    if (bert / f"{target}.img.npy").exists():
+    if (data / "bert" / f"{target}.img.npy").exists():
         return target
-    for lang in (SRC, TGT):
-        prefix = str(bert / f"{source}.{SRC}-{TGT}.{lang}")
-        dataset = data_utils.load_indexed_dataset(prefix, None)
-        out = str(bert / f"{target}.{SRC}-{TGT}.{lang}")
-        builder = indexed_dataset.make_builder(out + ".bin", impl="mmap", vocab_size=1 << 20)
-        for i in range(min(size, len(dataset))):
-            builder.add_item(dataset[i])
-        builder.finalize(out + ".idx")
-    keys = np.load(bert / f"{source}.img.npy")[:size]
-    np.save(bert / f"{target}.img.npy", keys)
+    for folder in ("text", "bert"):
+        for lang in (SRC, TGT):
+            dataset = data_utils.load_indexed_dataset(str(data / folder / f"{source}.{SRC}-{TGT}.{lang}"), None)
+            out = str(data / folder / f"{target}.{SRC}-{TGT}.{lang}")
+            builder = indexed_dataset.make_builder(out + ".bin", impl="mmap", vocab_size=1 << 20)
+            for i in range(min(size, len(dataset))):
+                builder.add_item(dataset[i])
+            builder.finalize(out + ".idx")
+    np.save(data / "bert" / f"{target}.img.npy", np.load(data / "bert" / f"{source}.img.npy")[:size])
     return target
 
 
@@ -137,11 +135,26 @@ def bert_base_config_dir(work_dir: str) -> Path:
 # ----------------------------------------------------------------------------- fairseq in process
 
 
+def device_args() -> List[str]:
+    """``--cpu`` unless a GPU is there."""
+    import torch
+
+    return [] if torch.cuda.is_available() else ["--cpu"]
+
+
+def synchronize() -> None:
+    """Wait for the GPU (if any), so that a timer sees the work done."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def vlp_mmt_args(data: Path, store: Optional[Path], bert_model: str, *extra) -> List[str]:
     """fairseq-train arguments of a vlp_mmt_base model on ``data``."""
     args = [str(data / "bert"), "--user-dir", str(USER_DIR), "--task", "vlp_mmt", "--arch", "vlp_mmt_base",
             "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1", "--bert-model", str(bert_model),
-            "--optimizer", "adam", "--lr", "5e-5", "--num-workers", "0", "--cpu", "--seed", "1"]
+            "--optimizer", "adam", "--lr", "5e-5", "--seed", "1"] + device_args()
     args += ["--image-features", str(store), "--max-regions", "36"] if store else ["--no-images",
                                                                                "--modality-loss", "off"]
     return args + [str(a) for a in extra]

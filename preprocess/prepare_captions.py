@@ -69,20 +69,22 @@ def scan_image_index(path: str) -> Tuple[int, int]:
     return count, longest
 
 
-def count_lines(path: str) -> int:
+def scan_captions(path: str) -> int:
+    """Line count of a caption file; an empty caption is an error."""
+    count = 0
     with open_text(path) as f:
-        return sum(1 for _ in f)
+        for count, line in enumerate(tqdm(f, desc=f"scan {os.path.basename(path)}", unit="line"), 1):
+            if not line.strip():
+                raise CaptionError(f"{path}:{count}: empty caption")
+    return count
 
 
 def caption_batches(path: str) -> Iterator[Tuple[int, List[str]]]:
-    """(first line number, captions) in batches; an empty caption is an error."""
+    """(first line number, captions) in batches of whitespace-normalized captions."""
     batch, start = [], 1
     with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
-            caption = " ".join(line.split())
-            if not caption:
-                raise CaptionError(f"{path}:{lineno}: empty caption")
-            batch.append(caption)
+            batch.append(" ".join(line.split()))
             if len(batch) == BATCH_SIZE:
                 yield start, batch
                 batch, start = [], lineno + 1
@@ -90,18 +92,23 @@ def caption_batches(path: str) -> Iterator[Tuple[int, List[str]]]:
         yield start, batch
 
 
-def prepare_split(captions: str, images: str, out: str, split: str, lang: str, tokenizer,
-                  max_positions: int) -> dict:
-    """Write one split's captions and image index; return its line count and longest caption."""
-    import torch
-    from fairseq.data import indexed_dataset
-
+def check_split(captions: str, images: str) -> Tuple[int, int]:
+    """Line count and longest image key of a split whose two files are valid and of equal length."""
     num_images, key_bytes = scan_image_index(images)
-    num_captions = count_lines(captions)
+    num_captions = scan_captions(captions)
     if num_captions != num_images:
         raise CaptionError(f"{captions} has {num_captions} lines but {images} has {num_images}")
     if num_captions == 0:
         raise CaptionError(f"{captions}: no captions")
+    return num_captions, key_bytes
+
+
+def prepare_split(captions: str, images: str, out: str, split: str, lang: str, tokenizer, max_positions: int,
+                  num_captions: int, key_bytes: int) -> dict:
+    """Write one split's captions and image index; return its line count and longest caption."""
+    import torch
+    from fairseq.data import indexed_dataset
+
     prefix = os.path.join(out, f"{split}.{lang}")
     os.makedirs(out, exist_ok=True)
     longest = 0
@@ -133,10 +140,11 @@ def prepare(args) -> list:
     if not len(args.captions) == len(args.images) == len(args.split):
         raise CaptionError(f"{len(args.captions)} --captions, {len(args.images)} --images and "
                            f"{len(args.split)} --split values: give one of each per split")
+    checked = [check_split(c, i) for c, i in zip(args.captions, args.images)]  # every input, before any output
     tokenizer = load_bert_tokenizer(args.bert_model)
     max_positions = load_bert_config(args.bert_model).max_position_embeddings
-    return [prepare_split(c, i, args.out, s, args.lang, tokenizer, max_positions)
-            for c, i, s in zip(args.captions, args.images, args.split)]
+    return [prepare_split(c, i, args.out, s, args.lang, tokenizer, max_positions, *counts)
+            for c, i, s, counts in zip(args.captions, args.images, args.split, checked)]
 
 
 def get_parser() -> argparse.ArgumentParser:

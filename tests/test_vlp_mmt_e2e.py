@@ -46,7 +46,7 @@ def two_stage_model(toy_data, toy_corpus, tiny_bert_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("two_stage")
     stage1 = train(toy_data, toy_corpus, tiny_bert_dir, root / "stage1", "--freeze-bert", "--lr", "3e-3",
                    "--max-update", "60")
-    stage2 = train(toy_data, toy_corpus, tiny_bert_dir, root / "stage2", "--lr", "3e-3", "--max-update", "180",
+    stage2 = train(toy_data, toy_corpus, tiny_bert_dir, root / "stage2", "--lr", "3e-3", "--max-update", "600",
                    "--restore-file", stage1, "--reset-optimizer", "--reset-lr-scheduler", "--reset-meters",
                    "--reset-dataloader")
     return stage1, stage2
@@ -81,7 +81,7 @@ def test_beam_search_translates_and_resolves_ambiguity(two_stage_model, toy_data
     assert bleu > 60, bleu
     shuffled = generate(toy_data, toy_corpus, tiny_bert_dir, stage2, "--shuffle-images-seed", "1")
     text_only = train(toy_data, toy_corpus, tiny_bert_dir, tmp_path_factory.mktemp("text_only"), "--no-images",
-                      "--modality-loss", "off", "--lr", "3e-3", "--max-update", "180")
+                      "--modality-loss", "off", "--lr", "3e-3", "--max-update", "300")
     text = generate(toy_data, toy_corpus, tiny_bert_dir, text_only, "--no-images")
     accuracy = {name: sense_accuracy(h, senses) for name, h in
                 (("multimodal", real), ("shuffled", shuffled), ("text_only", text))}

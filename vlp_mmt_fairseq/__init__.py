@@ -1,17 +1,10 @@
 """vlp_mmt_fairseq: a fairseq plugin for multimodal machine translation with a vision-language BERT.
 
-``--user-dir`` imports this package after fairseq; that import registers the tasks, models and
-criterions. Tools that need only the feature store, the converters or the scorers import their
-modules without fairseq being loaded, and then skip the (slow) registration.
+Importing the package (``--user-dir vlp_mmt_fairseq``, or ``import vlp_mmt_fairseq``) registers its
+tasks, models and criterions with fairseq and applies the compatibility fixes of ``compat``.
 """
-import sys
+from vlp_mmt_fairseq import compat
 
-if "fairseq" in sys.modules:
-    from vlp_mmt_fairseq import compat
+compat.apply()
 
-    compat.register_safe_checkpoint_globals()
-    compat.show_plugin_options_in_help()
-    compat.make_checkpoints_crash_safe()
-    compat.allow_bf16_without_tpu()
-
-    from vlp_mmt_fairseq import criterions, models, tasks  # noqa: E402,F401  (registration)
+from vlp_mmt_fairseq import criterions, models, tasks  # noqa: E402,F401  (registration)

@@ -306,3 +306,11 @@ def allow_bf16_without_tpu() -> None:
 
     call_main._vlp_mmt_bf16 = True
     distributed_utils.call_main = call_main
+
+
+def apply() -> None:
+    """Every fix of this module; the package applies them when it is imported."""
+    register_safe_checkpoint_globals()
+    show_plugin_options_in_help()
+    make_checkpoints_crash_safe()
+    allow_bf16_without_tpu()

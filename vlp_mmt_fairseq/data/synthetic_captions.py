@@ -17,9 +17,9 @@ from vlp_mmt_fairseq.data.feature_store import atomic_output
 from vlp_mmt_fairseq.data.synthetic_features import write_synthetic_store
 
 OBJECTS = ("dog", "cat", "horse", "bird", "cow", "sheep")
-PLACES = ("beach", "street", "grass", "snow", "road", "lake")
+PLACES = ("beach", "street", "grass", "snow", "road", "lake", "field", "river", "park", "forest")
 PLACE_TAGS = {"beach": "sand", "street": "building", "grass": "tree", "snow": "ice", "road": "asphalt",
-              "lake": "water"}
+              "lake": "water", "field": "fence", "river": "bridge", "park": "bench", "forest": "leaf"}
 DISTRACTOR_TAGS = ("sky", "cloud", "light", "shadow", "wall")
 COLORS = ("red", "blue", "green", "black", "white", "brown")
 TEMPLATES = ("a {color} {object} on the {place}", "the {object} is {color} near the {place}")
@@ -33,14 +33,15 @@ class PlantedImage:
     tags: List[str]
 
 
-def planted_images(prefix: str, count: int, rng: np.random.Generator) -> List[PlantedImage]:
+def planted_images(prefix: str, count: int, rng: np.random.Generator, objects: Sequence[str] = OBJECTS,
+                   places: Sequence[str] = PLACES) -> List[PlantedImage]:
     """``count`` images ``{prefix}{i:06d}`` with a uniform random object and place."""
     images = []
     for i in range(count):
-        place = PLACES[rng.integers(len(PLACES))]
+        place = places[rng.integers(len(places))]
         tags = [PLACE_TAGS[place], DISTRACTOR_TAGS[rng.integers(len(DISTRACTOR_TAGS))]]
         rng.shuffle(tags)
-        images.append(PlantedImage(f"{prefix}{i:06d}", OBJECTS[rng.integers(len(OBJECTS))], place, tags))
+        images.append(PlantedImage(f"{prefix}{i:06d}", objects[rng.integers(len(objects))], place, tags))
     return images
 
 
@@ -64,17 +65,19 @@ def write_lines(path: str, lines) -> None:
 
 
 def write_planted_corpus(out_dir: str, splits: Dict[str, Sequence[int]], feature_dim: int = 32,
-                         num_regions: int = 6, seed: int = 0) -> Dict[str, List[PlantedImage]]:
+                         num_regions: int = 6, seed: int = 0, objects: Sequence[str] = OBJECTS,
+                         places: Sequence[str] = PLACES) -> Dict[str, List[PlantedImage]]:
     """Write ``{split}.captions.txt``, ``{split}.images.txt`` and one ``features.h5`` into ``out_dir``.
 
     ``splits`` maps a split name to (number of images, captions per image); every split has its
-    own images. Returns the images of each split.
+    own images, each with an object of ``objects`` and a place of ``places``. Returns the images
+    of each split.
     """
     rng = np.random.default_rng(seed)
     os.makedirs(out_dir, exist_ok=True)
     images_per_split = {}
     for split, (num_images, per_image) in splits.items():
-        images = planted_images(f"{split}_", num_images, rng)
+        images = planted_images(f"{split}_", num_images, rng, objects, places)
         pairs = planted_captions(images, per_image, rng)
         write_lines(os.path.join(out_dir, f"{split}.captions.txt"), (c for c, _ in pairs))
         write_lines(os.path.join(out_dir, f"{split}.images.txt"), (k for _, k in pairs))

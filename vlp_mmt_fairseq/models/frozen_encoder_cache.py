@@ -11,8 +11,9 @@ live in memory up to ``--cache-frozen-encoder-mem-mb``; the least recently used 
 spill to ``--cache-frozen-encoder-dir`` (one ``.npy`` file each, written atomically). Without a
 directory, a temporary one is used and removed at exit. A given directory receives every entry as
 it is computed and keeps them across runs, in a sub-directory named after a hash of the frozen
-weights, so a restarted run reuses them and another model never sees them. The cache is used in training only (validation and generation
-run BERT as usual), and each training batch logs its hit rate as ``encoder_cache_hit``.
+weights, so a restarted run reuses them and another model never sees them. The cache is used in
+training only (validation and generation run BERT as usual), and each training batch logs its hit
+rate as ``encoder_cache_hit``.
 """
 import hashlib
 import os

@@ -19,28 +19,40 @@ logger = logging.getLogger(__name__)
 
 
 class CrossAttentionQueryDecoder(TransformerDecoder):
-    """fairseq's TransformerDecoder that can also return each layer's cross-attention query."""
+    """fairseq's TransformerDecoder that can also return each layer's cross-attention query.
+
+    With the queries come the keys and values the layer projected from the encoder output, so the
+    modality loss attends with them without projecting the encoder output again.
+    """
 
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
         self._captured = None
         for layer in self.layers:
             layer.encoder_attn.register_forward_pre_hook(self._capture_query, with_kwargs=True)
+            layer.encoder_attn.k_proj.register_forward_hook(self._capture_projection("cross_attn_keys"))
+            layer.encoder_attn.v_proj.register_forward_hook(self._capture_projection("cross_attn_values"))
 
     def _capture_query(self, module, args, kwargs):
         if self._captured is not None:
-            self._captured.append(kwargs["query"] if "query" in kwargs else args[0])  # T x B x C
+            self._captured["cross_attn_queries"].append(kwargs["query"] if "query" in kwargs else args[0])
+
+    def _capture_projection(self, name):
+        def capture(module, args, output):
+            if self._captured is not None:
+                self._captured[name].append(output)  # S x B x C
+        return capture
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False,
                 return_cross_attn_queries: bool = False, **kwargs):
         if not return_cross_attn_queries:
             return super().forward(prev_output_tokens, encoder_out=encoder_out,
                                    incremental_state=incremental_state, features_only=features_only, **kwargs)
-        self._captured = []
+        self._captured = {"cross_attn_queries": [], "cross_attn_keys": [], "cross_attn_values": []}
         try:
             x, extra = super().forward(prev_output_tokens, encoder_out=encoder_out,
                                        incremental_state=incremental_state, features_only=features_only, **kwargs)
-            extra["cross_attn_queries"] = self._captured  # per layer: T x B x C
+            extra.update(self._captured)  # per layer: queries T x B x C, projected keys and values S x B x C
         finally:
             self._captured = None
         return x, extra

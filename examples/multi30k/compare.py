@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Train and evaluate the paper's systems with one shared recipe; write Tables 5 and 6 and Figure 3.
+
+Example (CPU smoke run, about an hour on 2 cores)::
+
+    python examples/multi30k/compare.py --src en --tgt de --budget smoke
+
+Every system is a sequence of plain commands (``recipe.py``): prepare Multi30K, write synthetic
+image features (unless ``--features`` names a real store), a small VLP run for the multimodal
+systems, fairseq-train per stage, checkpoint averaging, fairseq-generate per test set (and, for
+multimodal systems, with incongruent images and with no image), vlp-mmt-score. Finished steps are
+recorded in ``WORK/state/`` and reused; re-running the same command after an interruption
+continues where it stopped (an interrupted fairseq-train resumes from its checkpoint_last.pt).
+
+Outputs in ``WORK/results/``: ``table5.{md,csv,json}``, ``table6.{md,csv,json}``,
+``valid_bleu.png`` (validation BLEU per epoch across stage 1 and stage 2) and ``summary.json``.
+``--write-scripts DIR`` writes the same recipe as one shell script per system instead.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+sys.path.insert(1, REPO)
+
+import recipe  # noqa: E402
+from budgets import BUDGETS  # noqa: E402
+from steps import StepError, StepRunner, order_steps, python_env, shell_command, step_dirs  # noqa: E402
+
+DEFAULT_MULTI30K = os.environ.get("MULTI30K_DIR") or os.path.join(os.path.dirname(REPO), "shared", "multi30k")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", nargs="+", choices=list(recipe.SYSTEMS), default=list(recipe.SYSTEMS),
+                        metavar="SYSTEM", help="systems to train and evaluate (default: all): "
+                        + ", ".join(recipe.SYSTEMS))
+    parser.add_argument("--src", default="en", help="source language (default en)")
+    parser.add_argument("--tgt", default="de", help="target language: de or fr (cs: test2016 only)")
+    parser.add_argument("--multi30k-dir", default=DEFAULT_MULTI30K,
+                        help="Multi30K data/task1 folder (default $MULTI30K_DIR, else ../shared/multi30k)")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="smoke",
+                        help="; ".join(f"{b.name}: {b.summary}" for b in BUDGETS.values()))
+    parser.add_argument("--work-dir", help="where everything goes (default work_dirs/multi30k.SRC-TGT.BUDGET)")
+    parser.add_argument("--features", help="a real HDF5 feature store (docs/feature_store.md) covering every "
+                        "Multi30K image; default: a synthetic store (rows are labelled so)")
+    parser.add_argument("--bert-model", help="override the budget's BERT (a local directory or hub name)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads per command (OMP_NUM_THREADS); 1 helps on a machine shared with "
+                        "other jobs (default: torch's own choice)")
+    parser.add_argument("--redo", nargs="+", default=[], metavar="STEP",
+                        help="run these steps again even if finished (see WORK/state/)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="run nothing: write the tables and the plot from what is finished")
+    parser.add_argument("--dry-run", action="store_true", help="print the steps that would run, then stop")
+    parser.add_argument("--write-scripts", metavar="DIR",
+                        help="write one shell script per system (the same steps) into DIR, then stop")
+    return parser
+
+
+def make_setup(args) -> recipe.Setup:
+    budget = BUDGETS[args.budget]
+    if args.bert_model:
+        budget = type(budget)(**dict(budget.as_dict(), bert_model=args.bert_model))
+    test_sets = recipe.available_test_sets(args.multi30k_dir, args.src, args.tgt)
+    if not test_sets:
+        raise StepError(f"{args.multi30k_dir}: no test set of {', '.join(recipe.TEST_SETS.values())} has raw "
+                        f"text in both '{args.src}' and '{args.tgt}' (is it a Multi30K data/task1 folder?)")
+    return recipe.Setup(budget, args.src, args.tgt, test_sets, real_features=bool(args.features))
+
+
+def wanted_steps(setup: recipe.Setup, systems) -> list:
+    steps = recipe.all_steps(setup)
+    wanted = [name for s in systems for name in recipe.final_steps(recipe.SYSTEMS[s])]
+    return order_steps(steps, wanted)
+
+
+# ----------------------------------------------------------------------------- scripts
+
+
+def script_text(setup: recipe.Setup, system: recipe.System) -> str:
+    ordered = wanted_steps(setup, [system.name])
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# {system.label}: {setup.src}-{setup.tgt}, budget '{setup.budget.name}'.",
+        "# Generated by examples/multi30k/compare.py --write-scripts from recipe.py (do not edit: regenerate).",
+        "# compare.py runs the same steps, skipping those already finished.",
+        "set -euo pipefail",
+        'REPO="${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)}"',
+        'PYTHON="${PYTHON:-python}"',
+        'MULTI30K="${MULTI30K:-$REPO/../shared/multi30k}"',
+    ]
+    if setup.real_features and system.multimodal:
+        lines.append('FEATURES="${FEATURES:?set FEATURES to the HDF5 feature store of the Multi30K images}"')
+    dirs = sorted({d for step in ordered for d in step_dirs(step)})
+    lines += [f'WORK="${{WORK:-$REPO/work_dirs/multi30k.{setup.src}-{setup.tgt}.{setup.budget.name}}}"',
+              'mkdir -p "$WORK" && cd "$WORK"', "mkdir -p " + " ".join(dirs), ""]
+    for step in ordered:
+        lines += [f"# {step.name}", shell_command(step), ""]
+    return "\n".join(lines)
+
+
+def write_scripts(setup: recipe.Setup, directory: str) -> None:
+    from tables import write_text
+
+    os.makedirs(directory, exist_ok=True)
+    for system in recipe.SYSTEMS.values():
+        path = os.path.join(directory, f"{system.name}.sh")
+        write_text(path, script_text(setup, system))
+        os.chmod(path, 0o755)
+    print(f"wrote {len(recipe.SYSTEMS)} scripts to {directory}")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def system_seconds(runner: StepRunner, setup: recipe.Setup, system: recipe.System):
+    """Wall time of the steps that belong to ``system`` alone or to its runs (None if unfinished)."""
+    total = 0.0
+    for step in recipe.system_steps(setup, system):
+        record = runner.record(step) if os.path.exists(runner.state_path(step)) else None
+        if record is None:
+            return None
+        total += record.get("seconds", 0.0)
+    return round(total, 1)
+
+
+def feature_note(setup: recipe.Setup, args) -> str:
+    return f"features: {os.path.basename(args.features)}" if setup.real_features else "synthetic features"
+
+
+def write_results(runner: StepRunner, setup: recipe.Setup, args, wall_seconds: float) -> str:
+    """Tables 5 and 6, the validation-BLEU plot and a summary, in ``WORK/results/``."""
+    from curves import plot_curves, system_curve
+    from tables import load_row, table_records, write_table, write_text
+
+    out = os.path.join(runner.work_dir, "results")
+    probes = list(recipe.PROBES)
+    test_sets = list(setup.test_sets)
+    b = setup.budget
+    rows = {name: load_row(runner.work_dir, s, probes, system_seconds(runner, setup, s))
+            for name, s in recipe.SYSTEMS.items()}
+    context = {"src": setup.src, "tgt": setup.tgt, "budget": b.as_dict(), "test_sets": test_sets,
+               "features": feature_note(setup, args)}
+    notes = [
+        f"{setup.src}-{setup.tgt}, budget '{b.name}': {b.summary}.",
+        "BLEU: lowercased, tokenized (the official Multi30K tok/ references; multi-bleu.perl counting), as the "
+        "paper reports it; METEOR 1.5 x 100 (exact + stem). Detokenized sacreBLEU is in the CSV/JSON.",
+        f"Beam {b.test_beam}; each model is the average of its last {b.average_last} epoch checkpoints.",
+        "BLEU lost: BLEU minus the BLEU with the images shuffled across sentences (incongruent, seed 1) or "
+        "with no image, averaged over the test sets.",
+    ]
+    if not setup.real_features:
+        notes.append("Multimodal rows use a synthetic feature store (no real image features): each image's "
+                     "regions plant the content words of its English caption (examples/multi30k/image_concepts.py).")
+    if b.test_sentences:
+        notes.append(f"Test sets cut to their first {b.test_sentences} sentences: not comparable to published numbers.")
+    markdown = []
+    for key, names, title in (("table5", recipe.TABLE5, "Table 5: systems"),
+                              ("table6", recipe.TABLE6, "Table 6: ablation")):
+        reference = recipe.BASELINE[key]
+        records = table_records([rows[n] for n in names], reference, test_sets, probes)
+        markdown.append(write_table(os.path.join(out, key), f"{title} ({setup.src}-{setup.tgt})", notes, records,
+                                    test_sets, probes, recipe.SYSTEMS[reference].label.split(" (")[0],
+                                    feature_note(setup, args), context))
+    curves = {}
+    for name in ("transformer", "bert_nmt", "bert_enc_stage2", "end2end", "stage2", "full", "lm_all", "lm_fixed"):
+        system = recipe.SYSTEMS[name]
+        curves[system.label] = system_curve([os.path.join(runner.work_dir, recipe.train_log(r)) for r in system.runs])
+    if any(curves.values()):
+        plot_curves(curves, b.stage1_epochs,
+                    f"Validation BLEU per epoch ({setup.src}-{setup.tgt}, budget '{b.name}', "
+                    f"beam {b.valid_beam}; {feature_note(setup, args)})",
+                    os.path.join(out, "valid_bleu.png"))
+    step_seconds = sum(r.get("seconds", 0.0) for r in
+                       (runner.record(s) for s in wanted_steps(setup, list(recipe.SYSTEMS))
+                        if os.path.exists(runner.state_path(s))) if r)
+    summary = dict(context, command=" ".join(sys.argv), wall_seconds_this_invocation=round(wall_seconds, 1),
+                   step_seconds_total=round(step_seconds, 1),
+                   curves={k: [list(p) for p in v] for k, v in curves.items()})
+    write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return "\n".join(markdown)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the running step too (as Ctrl-C does), so nothing keeps writing into the work dir."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    stop_on_sigterm()
+    start = time.time()
+    try:
+        setup = make_setup(args)
+        if args.write_scripts:
+            write_scripts(setup, args.write_scripts)
+            return
+        work_dir = args.work_dir or os.path.join(REPO, "work_dirs", f"multi30k.{args.src}-{args.tgt}.{args.budget}")
+        values = {"REPO": REPO, "PYTHON": sys.executable, "MULTI30K": os.path.abspath(args.multi30k_dir)}
+        if args.features:
+            values["FEATURES"] = os.path.abspath(args.features)
+        env = python_env()
+        if args.threads:
+            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        runner = StepRunner(work_dir, values, env=env)
+        ordered = wanted_steps(setup, args.systems)
+        if args.dry_run:
+            reused = runner.plan(ordered)
+            for step in ordered:
+                state = "done" if reused[step.name] else "to run"
+                print(f"# {step.name} [{state}]\n{shell_command(step)}")
+            return
+        if not args.tables_only:
+            known = {s.name: s for s in ordered}
+            for name in args.redo:
+                if name not in known:
+                    raise StepError(f"--redo {name}: no such step among the selected systems' steps")
+                runner.forget(known[name])
+            print(f"{len(ordered)} steps in {runner.work_dir} (budget '{args.budget}', {args.src}-{args.tgt})")
+            runner.run(ordered)
+        tables = write_results(runner, setup, args, time.time() - start)
+    except StepError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: run the same command again to continue where it stopped")
+    print("\n" + tables)
+    print(f"results in {os.path.join(runner.work_dir, 'results')}; wall time of this run: "
+          f"{time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

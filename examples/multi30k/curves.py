@@ -1,0 +1,70 @@
+"""Validation BLEU per epoch, read from the ``fairseq-train --log-format json`` logs (Figure 3).
+
+fairseq logs every validation as ``... | valid | {"epoch": 3, ..., "valid_bleu": "12.5", ...}``
+(``--eval-bleu``). fairseq leaves ``valid_bleu`` out when no hypothesis has a single token (an
+untrained model): such an epoch counts as BLEU 0. A resumed run logs again into the same file; an
+epoch validated twice (a run interrupted after its validation but before its checkpoint) keeps its
+last value.
+"""
+import json
+import os
+from typing import Dict, List, Tuple
+
+VALID_MARKER = "| valid | "
+
+
+def valid_bleu_per_epoch(log_path: str) -> Dict[int, float]:
+    """{epoch: validation BLEU} of one ``--eval-bleu`` training log; empty if the log is absent."""
+    if not os.path.exists(log_path):
+        return {}
+    curve = {}
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line_number, line in enumerate(f, 1):
+            if VALID_MARKER not in line:
+                continue
+            try:
+                record = json.loads(line.split(VALID_MARKER, 1)[1])
+            except ValueError as e:
+                raise ValueError(f"{log_path}:{line_number}: unreadable validation record ({e})") from e
+            curve[int(record["epoch"])] = float(record.get("valid_bleu", 0.0))
+    return dict(sorted(curve.items()))
+
+
+def system_curve(log_paths: List[str]) -> List[Tuple[int, float, int]]:
+    """(global epoch, BLEU, stage) points across a system's runs; stage k's epochs follow stage k-1's."""
+    points, offset = [], 0
+    for stage, path in enumerate(log_paths, 1):
+        curve = valid_bleu_per_epoch(path)
+        points += [(offset + epoch, bleu, stage) for epoch, bleu in curve.items()]
+        offset += max(curve, default=0)
+    return points
+
+
+def plot_curves(curves: Dict[str, List[Tuple[int, float, int]]], stage1_epochs: int, title: str, path: str) -> None:
+    """A PNG of the curves (label -> points), with the stage boundary of the two-stage systems."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from steps import atomic_output
+
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    for label, points in curves.items():
+        if not points:
+            continue
+        epochs, bleu, stages = zip(*points)
+        two_stage = max(stages) > 1
+        axis.plot(epochs, bleu, marker="o" if two_stage else ".", linestyle="-" if two_stage else "--",
+                  linewidth=1.5, markersize=4, label=label)
+    axis.axvline(stage1_epochs + 0.5, color="grey", linestyle=":", linewidth=1)
+    axis.text(stage1_epochs + 0.6, 0.02, "stage 2 →", transform=axis.get_xaxis_transform(), color="grey")
+    axis.set_xlabel("epoch (stage 2 epochs follow stage 1)")
+    axis.set_ylabel("validation BLEU")
+    axis.set_title(title, fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)

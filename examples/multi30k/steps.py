@@ -1,0 +1,261 @@
+"""Steps of a comparison and the runner that does each one once.
+
+A :class:`Step` is one command line (fairseq-train, fairseq-generate, vlp-mmt-score, ...) with the
+files it makes. Commands run inside the work directory and name every path relative to it, or
+through a placeholder (``{REPO}``, ``{PYTHON}``, ``{MULTI30K}``, ``{FEATURES}``) filled in when
+they run, or written as a shell variable in the per-system scripts.
+
+The :class:`StepRunner` records each finished step in ``WORK/state/<step>.json`` (its command, its
+outputs, when it started and finished). A recorded step whose outputs still exist is reused, never
+run again, unless a step it needs runs (again) or ran after it started: then it runs again too. An
+unfinished step is run again from the start of its command, which for ``fairseq-train`` means
+resuming from the ``checkpoint_last.pt`` of its save directory. A step recorded with another
+command (the recipe or the budget changed) is an error rather than a silent reuse.
+"""
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from typing import Dict, Iterable, List, Optional
+
+@contextmanager
+def atomic_output(path: str):
+    """Yield a temporary path beside ``path``, renamed onto it only on success.
+
+    The same contract as ``vlp_mmt_fairseq.data.feature_store.atomic_output``, here so that the
+    comparison's own bookkeeping does not import the plugin (which loads fairseq, seconds per call).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+PLACEHOLDER = re.compile(r"\{([A-Z0-9_]+)\}")
+
+
+class StepError(RuntimeError):
+    """A step failed or cannot run; the message names the step and its log."""
+
+
+@dataclass
+class Step:
+    """One command of a comparison.
+
+    ``outputs`` are paths (relative to the work directory) that exist once it has finished.
+    ``stdout`` captures the command's standard output into that file (written under a temporary
+    name and renamed when the command succeeds); ``log`` receives its standard error too (or
+    everything, without ``stdout``), appended across resumed attempts.
+    """
+
+    name: str
+    command: List[str]
+    outputs: List[str] = field(default_factory=list)
+    after: List[str] = field(default_factory=list)
+    log: Optional[str] = None
+    stdout: Optional[str] = None
+    makes_dirs: List[str] = field(default_factory=list)
+
+
+def fill(arg: str, values: Dict[str, str]) -> str:
+    """``arg`` with its placeholders replaced by ``values``."""
+
+    def value(match):
+        name = match.group(1)
+        if name not in values:
+            raise StepError(f"no value for placeholder {{{name}}} in {arg!r}")
+        return values[name]
+
+    return PLACEHOLDER.sub(value, arg)
+
+
+def shell_word(arg: str) -> str:
+    """``arg`` quoted for bash, its placeholders becoming ``"$NAME"`` variables."""
+    if not PLACEHOLDER.search(arg):
+        return shlex.quote(arg)
+    parts, last = [], 0
+    for match in PLACEHOLDER.finditer(arg):
+        parts.append(re.sub(r'(["\\$`])', r"\\\1", arg[last: match.start()]))
+        parts.append("${" + match.group(1) + "}")
+        last = match.end()
+    parts.append(re.sub(r'(["\\$`])', r"\\\1", arg[last:]))
+    return '"' + "".join(parts) + '"'
+
+
+def step_dirs(step: Step) -> List[str]:
+    """Directories a step writes into that must exist before it runs."""
+    return sorted(set(step.makes_dirs + [os.path.dirname(p) for p in (step.log, step.stdout) if p]) - {""})
+
+
+def shell_command(step: Step) -> str:
+    """The step as one bash command line, with its redirections (see :func:`step_dirs`)."""
+    words = " ".join(shell_word(a) for a in step.command)
+    if step.stdout:
+        words += f" > {shlex.quote(step.stdout)}"
+        if step.log:
+            words += f" 2>> {shlex.quote(step.log)}"
+    elif step.log:
+        words += f" 2>&1 | tee -a {shlex.quote(step.log)}"
+    return words
+
+
+def order_steps(steps: Dict[str, Step], wanted: Iterable[str]) -> List[Step]:
+    """``wanted`` steps and everything they need, each once, dependencies first."""
+    ordered, seen, visiting = [], set(), set()
+
+    def visit(name: str, needed_by: str):
+        if name in seen:
+            return
+        if name not in steps:
+            raise StepError(f"step '{name}' (needed by '{needed_by}') is not defined")
+        if name in visiting:
+            raise StepError(f"steps depend on each other in a cycle through '{name}'")
+        visiting.add(name)
+        for dependency in steps[name].after:
+            visit(dependency, name)
+        visiting.discard(name)
+        seen.add(name)
+        ordered.append(steps[name])
+
+    for name in wanted:
+        visit(name, "the command line")
+    return ordered
+
+
+class StepRunner:
+    """Runs steps inside ``work_dir``, each at most once (see the module docstring)."""
+
+    def __init__(self, work_dir: str, values: Dict[str, str], env: Optional[Dict[str, str]] = None,
+                 echo=print):
+        self.work_dir = os.path.abspath(work_dir)
+        self.values = values
+        self.env = env
+        self.echo = echo
+        self.state_dir = os.path.join(self.work_dir, "state")
+
+    def state_path(self, step: Step) -> str:
+        return os.path.join(self.state_dir, f"{step.name}.json")
+
+    def record(self, step: Step) -> Optional[dict]:
+        """The finished-state record of ``step``, or None."""
+        path = self.state_path(step)
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise StepError(f"{path}: unreadable step record ({e}); delete it to run the step again") from e
+
+    def is_done(self, step: Step, finished: Dict[str, dict]) -> bool:
+        """Whether ``step`` finished before with this very command, after the steps it needs, and its outputs
+        are still there. ``finished``: the records of the steps already done in this pass."""
+        record = self.record(step)
+        if record is None:
+            return False
+        if record.get("command") != step.command:
+            raise StepError(
+                f"step '{step.name}' was finished in {self.work_dir} with another command:\n"
+                f"  recorded: {' '.join(record.get('command', []))}\n  now:      {' '.join(step.command)}\n"
+                f"use another --work-dir, or --redo {step.name} to run it again"
+            )
+        for dependency in step.after:
+            if dependency not in finished or finished[dependency]["finished_at"] > record["started_at"]:
+                return False  # what it was made from is about to change, or changed after it ran
+        missing = [p for p in step.outputs if not os.path.exists(os.path.join(self.work_dir, p))]
+        return not missing
+
+    def forget(self, step: Step) -> None:
+        """Drop the record of ``step`` so that it runs again (its files are overwritten or resumed)."""
+        path = self.state_path(step)
+        if os.path.exists(path):
+            os.remove(path)
+
+    def run(self, steps: List[Step]) -> Dict[str, dict]:
+        """Run every unfinished step of ``steps`` in order; return the records of all of them."""
+        finished = {}
+        for number, step in enumerate(steps, 1):
+            if self.is_done(step, finished):
+                self.echo(f"[{number}/{len(steps)}] {step.name}: done before, reused")
+            else:
+                self.echo(f"[{number}/{len(steps)}] {step.name}: running")
+                self._execute(step)
+            finished[step.name] = self.record(step)
+        return finished
+
+    def plan(self, steps: List[Step]) -> Dict[str, bool]:
+        """Step name -> whether :meth:`run` would reuse it (True) or run it (False)."""
+        finished, reused = {}, {}
+        for step in steps:
+            reused[step.name] = self.is_done(step, finished)
+            if reused[step.name]:
+                finished[step.name] = self.record(step)
+        return reused
+
+    def _execute(self, step: Step) -> None:
+        args = [fill(a, self.values) for a in step.command]
+        for directory in step_dirs(step):
+            os.makedirs(os.path.join(self.work_dir, directory), exist_ok=True)
+        self.echo("  + " + " ".join(shlex.quote(a) for a in args))
+        started_at = time.time()
+        if step.stdout:
+            with atomic_output(os.path.join(self.work_dir, step.stdout)) as tmp:
+                with open(tmp, "w", encoding="utf-8") as out:
+                    self._call(step, args, out)
+        else:
+            self._call(step, args, None)
+        missing = [p for p in step.outputs if not os.path.exists(os.path.join(self.work_dir, p))]
+        if missing:
+            raise StepError(f"step '{step.name}' exited with 0 but did not write {', '.join(missing)}; "
+                            f"log: {self._log_path(step)}")
+        self._write_record(step, started_at)
+
+    def _log_path(self, step: Step) -> Optional[str]:
+        return os.path.join(self.work_dir, step.log) if step.log else None
+
+    def _call(self, step: Step, args: List[str], out) -> None:
+        """Run ``args``; stdout to ``out`` (or the log), stderr to the log; raise StepError on failure."""
+        log_path = self._log_path(step)
+        with open(log_path or os.devnull, "a", encoding="utf-8") as log:
+            log.write(f"\n### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(shlex.quote(a) for a in args)}\n")
+            log.flush()
+            try:
+                code = subprocess.call(args, cwd=self.work_dir, stdout=out or log, stderr=log, env=self.env)
+            except OSError as e:
+                raise StepError(f"step '{step.name}': cannot start {args[0]} ({e})") from e
+        if code != 0:
+            tail = _tail(log_path) if log_path else ""
+            raise StepError(f"step '{step.name}' failed with exit code {code}; log: {log_path}\n{tail}")
+
+    def _write_record(self, step: Step, started_at: float) -> None:
+        finished_at = time.time()
+        record = dict(asdict(step), seconds=round(finished_at - started_at, 1), started_at=started_at,
+                      finished_at=finished_at, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        with atomic_output(self.state_path(step)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=1)
+
+
+def _tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def python_env() -> Dict[str, str]:
+    """The environment for the steps: this interpreter's bin directory first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env

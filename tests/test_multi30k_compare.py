@@ -1,0 +1,212 @@
+"""examples/multi30k/compare.py: finished steps are reused, interrupted ones run again, the tables
+and the validation-BLEU plot come out of real vlp-mmt-score results, and the committed per-system
+scripts are exactly what the recipe writes."""
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+from statistics import mean
+
+import pytest
+
+from conftest import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "multi30k"
+COMPARE = EXAMPLE / "compare.py"
+sys.path.insert(0, str(EXAMPLE))
+
+from steps import Step, StepError, StepRunner  # noqa: E402
+
+# ----------------------------------------------------------------------------- the step runner
+
+COUNT_AND_WRITE = (
+    "import sys, pathlib; pathlib.Path('calls.txt').open('a').write(sys.argv[1] + '\\n'); "
+    "pathlib.Path(sys.argv[2]).write_text('made by ' + sys.argv[1])"
+)
+FAIL_WHILE_FLAG = (
+    "import sys, pathlib; pathlib.Path('calls.txt').open('a').write('flaky\\n'); print('partial output'); "
+    "sys.exit(3 if pathlib.Path('fail.flag').exists() else 0)"
+)
+
+
+def toy_steps():
+    return [
+        Step("first", ["{PYTHON}", "-c", COUNT_AND_WRITE, "first", "a.txt"], outputs=["a.txt"], log="logs/first.log"),
+        Step("flaky", ["{PYTHON}", "-c", FAIL_WHILE_FLAG], outputs=["out/flaky.txt"], after=["first"],
+             stdout="out/flaky.txt", log="logs/flaky.log"),
+        Step("last", ["{PYTHON}", "-c", COUNT_AND_WRITE, "last", "b.txt"], outputs=["b.txt"], after=["flaky"]),
+    ]
+
+
+def calls(work: Path):
+    return (work / "calls.txt").read_text().split()
+
+
+def test_runner_reuses_finished_steps_and_reruns_the_interrupted_one(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "fail.flag").write_text("")
+    runner = StepRunner(str(work), {"PYTHON": sys.executable}, echo=lambda *_: None)
+    with pytest.raises(StepError, match=r"step 'flaky' failed with exit code 3; log: .*flaky.log"):
+        runner.run(toy_steps())
+    assert calls(work) == ["first", "flaky"]
+    assert not (work / "out" / "flaky.txt").exists()  # no half-written output
+    assert not list((work / "out").iterdir())
+    assert (work / "state" / "first.json").exists() and not (work / "state" / "flaky.json").exists()
+
+    (work / "fail.flag").unlink()
+    records = runner.run(toy_steps())
+    assert calls(work) == ["first", "flaky", "flaky", "last"]  # 'first' was reused, not run again
+    assert (work / "out" / "flaky.txt").read_text() == "partial output\n"
+    assert records["first"]["command"][-2:] == ["first", "a.txt"] and records["last"]["seconds"] >= 0
+    assert (work / "logs" / "flaky.log").read_text().count("### ") == 2  # both attempts, appended
+
+    runner.run(toy_steps())
+    assert calls(work) == ["first", "flaky", "flaky", "last"]  # everything reused
+
+    (work / "b.txt").unlink()  # a recorded step whose output vanished runs again
+    assert runner.plan(toy_steps()) == {"first": True, "flaky": True, "last": False}
+    runner.run(toy_steps())
+    assert calls(work)[-1] == "last" and len(calls(work)) == 5
+
+    runner.forget(toy_steps()[0])  # --redo first: everything made from it is made again
+    assert runner.plan(toy_steps()) == {"first": False, "flaky": False, "last": False}
+    runner.run(toy_steps())
+    assert calls(work)[5:] == ["first", "flaky", "last"]
+
+
+def test_runner_refuses_a_step_recorded_with_another_command(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = StepRunner(str(work), {"PYTHON": sys.executable}, echo=lambda *_: None)
+    runner.run(toy_steps()[:1])
+    changed = Step("first", ["{PYTHON}", "-c", COUNT_AND_WRITE, "first", "other.txt"], outputs=["other.txt"])
+    with pytest.raises(StepError, match="finished .* with another command"):
+        runner.run([changed])
+    runner.forget(changed)  # what --redo does
+    runner.run([changed])
+    assert calls(work) == ["first", "first"]
+
+
+# ----------------------------------------------------------------------------- tables and plot
+
+TEST_SPLITS = {"test2016": "test_2016_flickr", "test2017": "test_2017_flickr", "mscoco": "test_2017_mscoco"}
+SENTENCES = 40
+
+
+def write_refs(multi30k_dir: Path, refs: Path):
+    for name, split in TEST_SPLITS.items():
+        (refs / "raw").mkdir(parents=True, exist_ok=True)
+        (refs / "tok").mkdir(parents=True, exist_ok=True)
+        with gzip.open(multi30k_dir / "raw" / f"{split}.de.gz", "rt", encoding="utf-8") as f:
+            raw = f.read().splitlines()[:SENTENCES]
+        tok = (multi30k_dir / "tok" / f"{split}.lc.norm.tok.de").read_text(encoding="utf-8").splitlines()[:SENTENCES]
+        (refs / "raw" / f"{name}.de").write_text("\n".join(raw) + "\n", encoding="utf-8")
+        (refs / "tok" / f"{name}.de").write_text("\n".join(tok) + "\n", encoding="utf-8")
+
+
+def damaged(sentence: str, keep_every: int) -> str:
+    """Drop every ``keep_every``-th word (0: keep all)."""
+    words = sentence.split()
+    return " ".join(w for i, w in enumerate(words) if not keep_every or i % keep_every != 1)
+
+
+def score(work: Path, refs: Path, name: str, keep_every: int):
+    """Real vlp-mmt-score output for hypotheses made from the references."""
+    outputs = []
+    for test_set in TEST_SPLITS:
+        raw = (refs / "raw" / f"{test_set}.de").read_text(encoding="utf-8").splitlines()
+        path = work / "gen" / f"{name}.{test_set}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"D-{i}\t-0.5\t{damaged(s, keep_every)}\n" for i, s in enumerate(raw)),
+                        encoding="utf-8")
+        outputs.append(f"{path}:{test_set}")
+    (work / "scores").mkdir(exist_ok=True)
+    run_cli([Path(sys.executable).parent / "vlp-mmt-score", "--generate-output", *outputs, "--refs-dir", refs,
+             "--tgt", "de", "--json", work / "scores" / f"{name}.json", "--no-meteor"])
+    return json.loads((work / "scores" / f"{name}.json").read_text())["test_sets"]
+
+
+def valid_line(epoch: int, bleu=None) -> str:
+    """A validation record as fairseq logs it (without valid_bleu when no hypothesis had a token)."""
+    record = {"epoch": epoch, "valid_loss": "5.1", "valid_num_updates": str(10 * epoch)}
+    if bleu is not None:
+        record["valid_bleu"] = str(bleu)
+    return f"2026-01-01 00:00:00 | INFO | valid | {json.dumps(record)}\n"
+
+
+def test_tables_and_plot_from_finished_systems(tmp_path, multi30k_dir):
+    work, refs = tmp_path / "work", tmp_path / "refs"
+    work.mkdir()
+    write_refs(multi30k_dir, refs)
+    transformer = score(work, refs, "transformer", 3)
+    full = score(work, refs, "full", 0)
+    incongruent = score(work, refs, "full.incongruent", 2)
+    score(work, refs, "full.no_image", 4)
+    (work / "logs").mkdir()
+    (work / "logs" / "train.full_stage1.log").write_text(valid_line(1, 3.0) + valid_line(2, 5.0) + "noise\n"
+                                                         + valid_line(2, 6.0))  # resumed: the last one counts
+    (work / "logs" / "train.full_stage2.log").write_text(valid_line(1, 8.0) + valid_line(2))
+
+    result = run_cli([sys.executable, COMPARE, "--tables-only", "--work-dir", work, "--multi30k-dir", multi30k_dir,
+                      "--budget", "smoke"])
+    out = work / "results"
+    table5 = (out / "table5.md").read_text(encoding="utf-8")
+    assert table5 in result.stdout
+    for label in ("Transformer (text only)", "BERT-enc, stage 1", "BERT-enc, stage 2", "BERT-NMT",
+                  "Our model) [synthetic features]"):
+        assert label in table5
+    assert table5.count("| not run |") == 3  # the BERT-enc rows and BERT-NMT have no scores
+    table6 = (out / "table6.md").read_text(encoding="utf-8")
+    for label in ("End2End", "1st stage only", "+ 2nd stage", "last layer, learnable lambda", "all layers",
+                  "fixed lambda = 0.4"):
+        assert label in table6
+    assert table6.count("| not run |") == 5
+
+    rows = {r["system"]: r for r in json.loads((out / "table5.json").read_text())["rows"]}
+    expected_delta = mean(full[t]["bleu_tok"] - transformer[t]["bleu_tok"] for t in TEST_SPLITS)
+    assert expected_delta > 5  # the undamaged system is clearly better
+    assert rows["full"]["avg_delta_bleu"] == pytest.approx(expected_delta)
+    assert rows["transformer"]["avg_delta_bleu"] == pytest.approx(0.0)
+    lost = mean(full[t]["bleu_tok"] - incongruent[t]["bleu_tok"] for t in TEST_SPLITS)
+    assert rows["full"]["bleu_lost_incongruent"] == pytest.approx(lost) and lost > 0
+    assert rows["full"]["mscoco_bleu"] == pytest.approx(full["mscoco"]["bleu_tok"])
+    assert rows["full"]["mscoco_meteor"] is None  # scored with --no-meteor: shown as '-', not invented
+    assert rows["transformer"]["bleu_lost_no_image"] is None  # text-only rows have no probes
+    assert f"{expected_delta:+.2f}" in table5 and f"{lost:+.2f}" in table5
+    table6_rows = {r["system"]: r for r in json.loads((out / "table6.json").read_text())["rows"]}
+    assert table6_rows["full"]["avg_delta_bleu"] == pytest.approx(0.0)  # Table 6 is relative to the full model
+
+    with open(out / "table5.csv", newline="", encoding="utf-8") as f:
+        csv_rows = {r["system"]: r for r in csv.DictReader(f)}
+    assert float(csv_rows["full"]["test2016_sacrebleu"]) == pytest.approx(full["test2016"]["bleu"])
+    assert csv_rows["bert_nmt"]["finished"] == "False"
+
+    summary = json.loads((out / "summary.json").read_text())
+    curve = summary["curves"]["+ L_M, last layer, learnable lambda (Our model)"]
+    assert curve == [[1, 3.0, 1], [2, 6.0, 1], [3, 8.0, 2], [4, 0.0, 2]]  # stage 2's epochs follow stage 1's
+    png = (out / "valid_bleu.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
+
+
+# ----------------------------------------------------------------------------- one script per system
+
+
+def test_committed_scripts_are_what_the_recipe_writes(tmp_path, multi30k_dir):
+    run_cli([sys.executable, COMPARE, "--write-scripts", tmp_path, "--budget", "paper", "--features", "features.h5",
+             "--multi30k-dir", multi30k_dir])
+    written = sorted(p.name for p in tmp_path.glob("*.sh"))
+    committed = sorted(p.name for p in (EXAMPLE / "systems").glob("*.sh"))
+    assert written == committed and len(written) == 10
+    for name in written:
+        assert (tmp_path / name).read_text() == (EXAMPLE / "systems" / name).read_text(), (
+            f"examples/multi30k/systems/{name} is stale: regenerate it with compare.py --write-scripts")
+        subprocess.run(["bash", "-n", str(tmp_path / name)], check=True)
+    full = (tmp_path / "full.sh").read_text()
+    for command in ("fairseq-train data/bert", "--task vlp_pretrain", "--freeze-bert", "--finetune-from-model",
+                    "vlp-mmt-average-checkpoints", "--shuffle-images-seed 1", "--no-images", "vlp-mmt-score"):
+        assert command in full
+    assert "--load-vlp" not in (tmp_path / "bert_enc_stage2.sh").read_text()  # no VLP for BERT-enc
