@@ -62,6 +62,9 @@ def translate(data, corpus, checkpoint, args, out, extra):
 
 
 def score(out, data, senses):
+    import logging
+
+    logging.disable(logging.WARNING)  # sacreBLEU warns about the toy's tokenized periods; they are in the references too
     from vlp_mmt_fairseq.evaluation.ambiguity import sense_accuracy
     from vlp_mmt_fairseq.evaluation.bleu import detokenized_bleu
     from vlp_mmt_fairseq.evaluation.generate_output import read_detokenized_hypotheses
