@@ -83,10 +83,14 @@ def test_runner_refuses_a_step_recorded_with_another_command(tmp_path):
     work.mkdir()
     runner = StepRunner(str(work), {"PYTHON": sys.executable}, echo=lambda *_: None)
     runner.run(toy_steps()[:1])
-    changed = Step("first", ["{PYTHON}", "-c", COUNT_AND_WRITE, "first", "other.txt"], outputs=["other.txt"])
+    changed = Step("first", ["{PYTHON}", "-c", COUNT_AND_WRITE, "first", "other.txt"], outputs=["other.txt"],
+                   clean=["ckpt", "a.txt"])
     with pytest.raises(StepError, match="finished .* with another command"):
         runner.run([changed])
-    runner.forget(changed)  # what --redo does
+    (work / "ckpt").mkdir()
+    (work / "ckpt" / "checkpoint_last.pt").write_text("would be resumed")
+    runner.forget(changed)  # what --redo does: start over, not resume
+    assert not (work / "ckpt").exists() and not (work / "a.txt").exists()
     runner.run([changed])
     assert calls(work) == ["first", "first"]
 
@@ -115,7 +119,10 @@ def damaged(sentence: str, keep_every: int) -> str:
 
 
 def score(work: Path, refs: Path, name: str, keep_every: int):
-    """Real vlp-mmt-score output for hypotheses made from the references."""
+    """Real vlp-mmt-score output for hypotheses made from the references (its entry point, in this
+    process: one import of the plugin instead of one per call)."""
+    from vlp_mmt_fairseq.cli import score as score_cli
+
     outputs = []
     for test_set in TEST_SPLITS:
         raw = (refs / "raw" / f"{test_set}.de").read_text(encoding="utf-8").splitlines()
@@ -125,8 +132,8 @@ def score(work: Path, refs: Path, name: str, keep_every: int):
                         encoding="utf-8")
         outputs.append(f"{path}:{test_set}")
     (work / "scores").mkdir(exist_ok=True)
-    run_cli([Path(sys.executable).parent / "vlp-mmt-score", "--generate-output", *outputs, "--refs-dir", refs,
-             "--tgt", "de", "--json", work / "scores" / f"{name}.json", "--no-meteor"])
+    score_cli.cli_main(["--generate-output", *outputs, "--refs-dir", str(refs), "--tgt", "de",
+                        "--json", str(work / "scores" / f"{name}.json"), "--no-meteor"])
     return json.loads((work / "scores" / f"{name}.json").read_text())["test_sets"]
 
 

@@ -12,17 +12,31 @@ from training_runs import REPO_ROOT, build_trainer, fairseq_train, finish, load_
 KILL_AFTER_UPDATE = 6  # after the checkpoint of update 4, before the one of update 8
 
 
-def stage2_args(toy_data, toy_corpus, bert_dir, save_dir):
-    """Stage 2 (BERT trains), dropout 0 everywhere, a checkpoint every 4 updates, 16 updates in all."""
+def model_args(toy_data, toy_corpus, bert_dir):
     return [
         toy_data / "bert", "--user-dir", REPO_ROOT / "vlp_mmt_fairseq", "--task", "vlp_mmt",
         "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
         "--bert-model", bert_dir, "--image-features", toy_corpus / "features.h5", "--max-regions", "6",
-        "--dropout", "0", "--optimizer", "adam", "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt",
-        "--warmup-updates", "4", "--max-sentences", "16", "--max-update", "16", "--save-interval-updates", "4",
-        "--max-valid-steps", "2", "--batch-size-valid", "16", "--save-dir", save_dir, "--num-workers", "0",
-        "--cpu", "--seed", "1", "--log-format", "json", "--log-interval", "1",
+        "--dropout", "0", "--optimizer", "adam", "--cpu", "--seed", "1",
     ]
+
+
+def stage2_args(toy_data, toy_corpus, bert_dir, stage1, save_dir):
+    """Stage 2 as the README runs it: from stage 1's checkpoint, with BERT trained (its dropout 0, like
+    everything here); a checkpoint every 4 updates, 16 updates in all."""
+    return model_args(toy_data, toy_corpus, bert_dir) + [
+        "--finetune-from-model", stage1, "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4",
+        "--max-sentences", "16", "--max-update", "16", "--save-interval-updates", "4", "--max-valid-steps", "2",
+        "--batch-size-valid", "16", "--save-dir", save_dir, "--num-workers", "0", "--log-format", "json",
+        "--log-interval", "1",
+    ]
+
+
+def stage1_checkpoint(toy_data, toy_corpus, bert_dir, path):
+    """A stage-1 (frozen BERT) checkpoint, written by fairseq's own Trainer (untrained: stage 2 is tested)."""
+    _, _, trainer = build_trainer(model_args(toy_data, toy_corpus, bert_dir) + ["--freeze-bert", "--lr", "1e-3"])
+    trainer.save_checkpoint(str(path), {"val_loss": None})
+    return path
 
 
 def validation_loss(checkpoint) -> float:
@@ -60,10 +74,14 @@ def test_sigkill_then_restart_matches_uninterrupted_run(toy_data, toy_corpus, ti
                                                         caplog):
     from vlp_mmt_fairseq.compat import CheckpointError, checkpoint_problem
 
+    stage1 = stage1_checkpoint(toy_data, toy_corpus, tiny_bert_no_dropout_dir, tmp_path / "stage1.pt")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    uninterrupted = start([fairseq_train()] + stage2_args(toy_data, toy_corpus, tiny_bert_no_dropout_dir, whole),
-                          tmp_path / "whole.log")
-    command = [fairseq_train()] + stage2_args(toy_data, toy_corpus, tiny_bert_no_dropout_dir, killed)
+
+    def stage2(save_dir):
+        return stage2_args(toy_data, toy_corpus, tiny_bert_no_dropout_dir, stage1, save_dir)
+
+    uninterrupted = start([fairseq_train()] + stage2(whole), tmp_path / "whole.log")
+    command = [fairseq_train()] + stage2(killed)
     first = start(command, tmp_path / "killed.log")
 
     def past_first_checkpoint(text):
@@ -74,7 +92,8 @@ def test_sigkill_then_restart_matches_uninterrupted_run(toy_data, toy_corpus, ti
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert first.returncode == -signal.SIGKILL
-    assert "done training" not in (tmp_path / "killed.log").read_text()
+    first_log = (tmp_path / "killed.log").read_text()
+    assert f"loading pretrained model from {stage1}" in first_log and "done training" not in first_log
     for path in killed.glob("checkpoint*.pt"):  # the writes are atomic: no half-written checkpoint
         assert checkpoint_problem(str(path)) is None, path
     truncated = tmp_path / "truncated"
@@ -92,16 +111,18 @@ def test_sigkill_then_restart_matches_uninterrupted_run(toy_data, toy_corpus, ti
 
     with pytest.raises(CheckpointError, match=str(last)):  # loading it anywhere else: an error naming it
         checkpoint_utils.load_checkpoint_to_cpu(str(last))
-    cfg, _, trainer = build_trainer(stage2_args(toy_data, toy_corpus, tiny_bert_no_dropout_dir, truncated))
+    cfg, _, trainer = build_trainer(stage2(truncated))
     with caplog.at_level(logging.WARNING, logger="vlp_mmt_fairseq.compat"):
         checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer)
     assert f"{last}: unreadable" in caplog.text
     assert trainer.get_num_updates() >= 4
     assert cfg.checkpoint.restore_file == "checkpoint_last.pt"  # the configuration is left as it was
+    assert cfg.checkpoint.finetune_from_model == str(stage1)
 
     whole_log = finish(uninterrupted, tmp_path / "whole.log")
     restarted_log = finish(restarted, tmp_path / "restarted.log")
-    assert loaded_updates(restarted_log, killed / "checkpoint_last.pt") >= 4
+    assert loaded_updates(restarted_log, killed / "checkpoint_last.pt") >= 4  # not stage 1 again
+    assert "loading pretrained model" not in restarted_log
     assert "done training" in restarted_log
     assert logged(restarted_log, "train_inner")[-1]["num_updates"] == "16"
 

@@ -3,7 +3,7 @@
 An exported directory holds::
 
     config.json, model.safetensors     BERT (``BertModel.save_pretrained``; no pooler)
-    vocab.txt, tokenizer*.json, ...    the tokenizer of the ``--bert-model`` it was trained from
+    vocab.txt, tokenizer*.json         the tokenizer of the ``--bert-model`` it was trained from
     visual_projection.pt               FFN(v): {"feature_dim", "hidden_size", "state_dict"} for
                                        models.multimodal_bert_encoder.VisualProjection (absent
                                        when the encoder had no image input)
@@ -34,7 +34,7 @@ def export_encoder(bert, visual: Optional[torch.nn.Module], out_dir: str, bert_m
     The directory is built beside ``out_dir`` and renamed into place only when complete; an
     existing ``out_dir`` is replaced only with ``force``.
     """
-    from vlp_mmt_fairseq.bert_loading import load_bert_tokenizer
+    from vlp_mmt_fairseq.bert_loading import bert_vocab_file, load_bert_tokenizer
 
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not force:
@@ -44,6 +44,7 @@ def export_encoder(bert, visual: Optional[torch.nn.Module], out_dir: str, bert_m
     try:
         bert.save_pretrained(tmp)
         load_bert_tokenizer(bert_model).save_pretrained(tmp)
+        shutil.copy(bert_vocab_file(bert_model), os.path.join(tmp, "vocab.txt"))  # the ids, for --bert-model DIR
         if visual is not None:
             torch.save(
                 {"feature_dim": visual.feature_dim, "hidden_size": bert.config.hidden_size,

@@ -32,8 +32,8 @@ class Budget:
     vlp_arch: str
     # optimisation (shared by all systems)
     max_tokens: int
-    lr: float  # from-scratch parts (decoders, text transformer, stage 1)
-    finetune_lr: float  # runs that train BERT: stage 2, End2End
+    lr: float  # runs that start from a fresh decoder: text transformer, BERT-NMT, stage 1, End2End
+    finetune_lr: float  # stage 2 (everything trains, from stage 1's model)
     vlp_lr: float
     warmup_updates: int
     dropout: float

@@ -5,13 +5,15 @@ This file is the one source of truth: ``compare.py`` runs these steps, and ``com
 
 Systems (rows). Text-only: ``transformer`` (fairseq's own transformer on the SentencePiece
 source), ``bert_enc_stage1`` / ``bert_enc_stage2`` (the BERT encoder without images and without
-VLP, BERT frozen, then everything trained), ``bert_nmt`` (BERT-fused NMT, Zhu et al. 2020, warm-started
-from the transformer). Multimodal, all starting from one small VLP run (Algorithm 1 on the
-training captions and their images): ``end2end`` (one stage, everything trains), ``stage1`` (BERT
-frozen), ``stage2`` (then everything), ``full`` (both stages with the modality loss at the last
-decoder layer and a learnable lambda: the paper's "Our model"), ``lm_all`` (the modality loss at
-every decoder layer), ``lm_fixed`` (last layer, lambda fixed at 0.4). ``end2end``, ``stage1`` and
-``stage2`` train without the modality loss (the ablation adds it to the two-stage model).
+VLP, BERT frozen, then everything trained), ``bert_nmt`` (BERT-fused NMT, Zhu et al. 2020,
+warm-started from the transformer). Multimodal, all starting from one small VLP run (Algorithm 1
+on the training captions and their images): ``end2end`` (one stage, everything trains),
+``stage1`` (BERT frozen), ``stage2`` (then everything, at the smaller fine-tuning rate), ``full``
+(both stages with the modality loss at the last decoder layer and a learnable lambda: the paper's
+"Our model"), ``lm_all`` (the modality loss at every decoder layer), ``lm_fixed`` (last layer,
+lambda fixed at 0.4). ``end2end``, ``stage1`` and ``stage2`` train without the modality loss (the
+ablation adds it to the two-stage model). ``end2end`` is stage 1's run without freezing: the same
+learning rate and schedule, so that the row isolates what the two stages change.
 
 Each evaluated model is the average of the last epoch checkpoints of its final run
 (``vlp-mmt-average-checkpoints``); a second stage starts from the first stage's averaged model.
@@ -209,6 +211,7 @@ def transformer_step(setup: Setup) -> Step:
          "-s", setup.src, "-t", setup.tgt, "--arch", b.transformer_arch, "--criterion", "label_smoothed_cross_entropy",
          *optimisation(b, b.lr, b.transformer_epochs, "transformer")],
         outputs=["ckpt/transformer/checkpoint_last.pt"], after=["prepare"], log=train_log("transformer"),
+        clean=["ckpt/transformer", train_log("transformer")],
     )
 
 
@@ -221,6 +224,7 @@ def bert_nmt_step(setup: Setup) -> Step:
          "--warmstart-from", averaged("transformer"), "--criterion", "label_smoothed_cross_entropy",
          *optimisation(b, b.lr, b.bert_nmt_epochs, "bert_nmt")],
         outputs=["ckpt/bert_nmt/checkpoint_last.pt"], after=["average.transformer"], log=train_log("bert_nmt"),
+        clean=["ckpt/bert_nmt", train_log("bert_nmt")],
     )
 
 
@@ -238,6 +242,7 @@ def vlp_step(setup: Setup) -> Step:
          "--max-update", str(b.vlp_updates), "--save-dir", "ckpt/vlp", "--no-epoch-checkpoints",
          "--seed", "1", "--log-format", "json", "--log-interval", "10", *b.device_flags],
         outputs=["ckpt/vlp/checkpoint_last.pt"], after=feature_after(setup), log=train_log("vlp"),
+        clean=["ckpt/vlp", train_log("vlp")],
     )
 
 
@@ -259,10 +264,11 @@ def vlp_mmt_step(setup: Setup, run: str) -> Step:
         after = after + ["train.vlp"]
     if stage == 1:
         command += ["--freeze-bert", "--cache-frozen-encoder"]
-    lr, epochs = {0: (b.finetune_lr, b.end2end_epochs), 1: (b.lr, b.stage1_epochs),
+    lr, epochs = {0: (b.lr, b.end2end_epochs), 1: (b.lr, b.stage1_epochs),
                   2: (b.finetune_lr, b.stage2_epochs)}[stage]
     command += optimisation(b, lr, epochs, run)
-    return Step(f"train.{run}", command, outputs=[f"ckpt/{run}/checkpoint_last.pt"], after=after, log=train_log(run))
+    return Step(f"train.{run}", command, outputs=[f"ckpt/{run}/checkpoint_last.pt"], after=after, log=train_log(run),
+                clean=[f"ckpt/{run}", train_log(run)])
 
 
 def run_steps(setup: Setup, run: str) -> List[Step]:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -55,7 +56,9 @@ class Step:
     ``outputs`` are paths (relative to the work directory) that exist once it has finished.
     ``stdout`` captures the command's standard output into that file (written under a temporary
     name and renamed when the command succeeds); ``log`` receives its standard error too (or
-    everything, without ``stdout``), appended across resumed attempts.
+    everything, without ``stdout``), appended across resumed attempts. ``clean`` lists what a
+    deliberate re-run (:meth:`StepRunner.forget`) deletes first, so that it starts over instead of
+    resuming (a training run's save directory and log).
     """
 
     name: str
@@ -65,6 +68,7 @@ class Step:
     log: Optional[str] = None
     stdout: Optional[str] = None
     makes_dirs: List[str] = field(default_factory=list)
+    clean: List[str] = field(default_factory=list)
 
 
 def fill(arg: str, values: Dict[str, str]) -> str:
@@ -176,10 +180,16 @@ class StepRunner:
         return not missing
 
     def forget(self, step: Step) -> None:
-        """Drop the record of ``step`` so that it runs again (its files are overwritten or resumed)."""
+        """Drop the record of ``step`` and delete its ``clean`` paths, so that it runs again from scratch."""
         path = self.state_path(step)
         if os.path.exists(path):
             os.remove(path)
+        for relative in step.clean:
+            target = os.path.join(self.work_dir, relative)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
 
     def run(self, steps: List[Step]) -> Dict[str, dict]:
         """Run every unfinished step of ``steps`` in order; return the records of all of them."""

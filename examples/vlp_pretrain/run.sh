@@ -5,7 +5,7 @@
 #
 # Small CPU settings by default; every size is an environment variable (see README.md):
 #   MULTI30K_DIR (../shared/multi30k), BERT_MODEL (bundled-minilm), FEATURES (synthetic, written here),
-#   VLP_UPDATES (300), CONTINUE_UPDATES (100), MMT_UPDATES (300), BATCH (32), THREADS (2), DEVICE_FLAGS (--cpu)
+#   VLP_UPDATES (300), CONTINUE_UPDATES (50), MMT_UPDATES (200), BATCH (16), THREADS (2), DEVICE_FLAGS (--cpu)
 # Each step is skipped when its output exists, so an interrupted run continues where it stopped.
 set -euo pipefail
 
@@ -14,9 +14,9 @@ WORK=${1:-work_dirs/vlp_pretrain}
 MULTI30K=${MULTI30K_DIR:-$REPO/../shared/multi30k}
 BERT=${BERT_MODEL:-bundled-minilm}
 VLP_UPDATES=${VLP_UPDATES:-300}
-CONTINUE_UPDATES=${CONTINUE_UPDATES:-100}
-MMT_UPDATES=${MMT_UPDATES:-300}
-BATCH=${BATCH:-32}
+CONTINUE_UPDATES=${CONTINUE_UPDATES:-50}
+MMT_UPDATES=${MMT_UPDATES:-200}
+BATCH=${BATCH:-16}
 DEVICE_FLAGS=${DEVICE_FLAGS:---cpu}
 export OMP_NUM_THREADS=${THREADS:-2}
 PY=${PYTHON:-python}
@@ -72,7 +72,7 @@ COMMON=(--user-dir "$USER_DIR" --task vlp_pretrain --arch vlp_pretrain_base --cr
   --bert-model "$BERT" --image-features "$FEATURES" --max-regions 10 \
   --load-vlp "$WORK/ckpt/vlp_mmt_data/checkpoint_last.pt" --export-vlp-bert "$WORK/vlp-bert" --freeze-bert \
   --optimizer adam --adam-betas "(0.9, 0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 50 \
-  --max-tokens 4000 --max-update "$MMT_UPDATES" --validate-interval-updates "$MMT_UPDATES" \
+  --max-tokens 2000 --max-update "$MMT_UPDATES" --validate-interval-updates "$MMT_UPDATES" \
   --save-dir "$WORK/ckpt/mmt" --no-epoch-checkpoints --num-workers 0 --seed 1 --log-format json \
   --log-interval 50 $DEVICE_FLAGS 2>&1 | tee "$WORK/mmt.log"
 

@@ -36,11 +36,15 @@ def _row_bytes(tensor: Optional[torch.Tensor], row: int, keep: Optional[torch.Te
     if tensor is None or tensor.numel() == 0:
         return b""
     values = tensor[row] if keep is None else tensor[row][keep]
-    return values.detach().cpu().contiguous().numpy().tobytes()
+    return values.contiguous().view(torch.uint8).numpy().tobytes()  # raw bytes: any dtype, bf16 too
 
 
 def sentence_keys(src_tokens, tag_tokens, region_features, region_boxes, region_mask, pad: int) -> List[str]:
     """One key per batch row: a hash of the row's BERT input, independent of padding and batch."""
+    src_tokens, tag_tokens, region_features, region_boxes, region_mask = (
+        None if t is None else t.detach().cpu()
+        for t in (src_tokens, tag_tokens, region_features, region_boxes, region_mask)
+    )
     keys = []
     for row in range(src_tokens.size(0)):
         digest = hashlib.blake2b(digest_size=20)
