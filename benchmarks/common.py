@@ -35,7 +35,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                         help="where data, stores and models are built once and reused")
     parser.add_argument("--multi30k-dir", default=None, help="Multi30K task1 (default: as prepare_multi30k.py)")
     parser.add_argument("--bert-model", default="bundled-minilm", help="the encoder's BERT (default: MiniLM)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice; 1 is steadier on a busy machine)")
     return parser
+
+
+def set_threads(threads: Optional[int]) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def log(message: str) -> None:

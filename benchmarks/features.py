@@ -93,6 +93,7 @@ def main():
     parser.add_argument("--memory-probe", nargs=2, metavar=("STORE", "READS"), help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    common.set_threads(args.threads)
     if args.memory_probe:
         return memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
 

@@ -72,6 +72,7 @@ def main():
     parser.add_argument("--encoders", nargs="+", choices=["bert-base", "minilm"], default=["bert-base", "minilm"])
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    common.set_threads(args.threads)
 
     work = Path(args.work_dir)
     data = common.prepared_multi30k(args.work_dir, args.multi30k_dir)

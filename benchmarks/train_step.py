@@ -48,6 +48,7 @@ def main():
     parser.add_argument("--with-update", action="store_true", help="also time fairseq's whole training update")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    common.set_threads(args.threads)
 
     data = common.prepared_multi30k(args.work_dir, args.multi30k_dir)
     store = common.synthetic_store(Path(args.work_dir) / "features_2048x36.h5",

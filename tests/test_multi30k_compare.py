@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from statistics import mean
 
@@ -87,6 +88,7 @@ def test_runner_refuses_a_step_recorded_with_another_command(tmp_path):
                    clean=["ckpt", "a.txt"])
     with pytest.raises(StepError, match="finished .* with another command"):
         runner.run([changed])
+    assert runner.changed(changed) and not runner.changed(toy_steps()[0])  # what --redo-changed looks for
     (work / "ckpt").mkdir()
     (work / "ckpt" / "checkpoint_last.pt").write_text("would be resumed")
     runner.forget(changed)  # what --redo does: start over, not resume
@@ -145,6 +147,20 @@ def valid_line(epoch: int, bleu=None) -> str:
     return f"2026-01-01 00:00:00 | INFO | valid | {json.dumps(record)}\n"
 
 
+def mark_finished(work: Path, multi30k_dir: Path, systems):
+    """Record every step of ``systems`` as finished, as the runner does (missing outputs made empty)."""
+    import compare
+
+    args = compare.get_parser().parse_args(["--budget", "smoke", "--multi30k-dir", str(multi30k_dir)])
+    runner = StepRunner(str(work), {}, echo=lambda *_: None)
+    for step in compare.wanted_steps(compare.make_setup(args), systems):
+        for output in step.outputs:
+            (work / output).parent.mkdir(parents=True, exist_ok=True)
+            (work / output).touch()
+        runner.record_finished(step, time.time())
+    return runner, compare.wanted_steps(compare.make_setup(args), systems)
+
+
 def test_tables_and_plot_from_finished_systems(tmp_path, multi30k_dir):
     work, refs = tmp_path / "work", tmp_path / "refs"
     work.mkdir()
@@ -153,6 +169,8 @@ def test_tables_and_plot_from_finished_systems(tmp_path, multi30k_dir):
     full = score(work, refs, "full", 0)
     incongruent = score(work, refs, "full.incongruent", 2)
     score(work, refs, "full.no_image", 4)
+    score(work, refs, "stage1", 1)  # scored, but its steps are not finished: not shown
+    runner, steps = mark_finished(work, multi30k_dir, ["transformer", "full"])
     (work / "logs").mkdir()
     (work / "logs" / "train.full_stage1.log").write_text(valid_line(1, 3.0) + valid_line(2, 5.0) + "noise\n"
                                                          + valid_line(2, 6.0))  # resumed: the last one counts
@@ -168,6 +186,7 @@ def test_tables_and_plot_from_finished_systems(tmp_path, multi30k_dir):
         assert label in table5
     assert table5.count("| not run |") == 3  # the BERT-enc rows and BERT-NMT have no scores
     table6 = (out / "table6.md").read_text(encoding="utf-8")
+    assert "| 1st stage only (VLP, BERT frozen, no L_M) [synthetic features] | not run |" in table6
     for label in ("End2End", "1st stage only", "+ 2nd stage", "last layer, learnable lambda", "all layers",
                   "fixed lambda = 0.4"):
         assert label in table6
@@ -197,6 +216,13 @@ def test_tables_and_plot_from_finished_systems(tmp_path, multi30k_dir):
     assert curve == [[1, 3.0, 1], [2, 6.0, 1], [3, 8.0, 2], [4, 0.0, 2]]  # stage 2's epochs follow stage 1's
     png = (out / "valid_bleu.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
+
+    # a step the full model depends on runs again (--redo): its old scores no longer count
+    runner.forget(next(s for s in steps if s.name == "train.full_stage2"))
+    run_cli([sys.executable, COMPARE, "--tables-only", "--work-dir", work, "--multi30k-dir", multi30k_dir,
+             "--budget", "smoke"])
+    rows = {r["system"]: r for r in json.loads((out / "table5.json").read_text())["rows"]}
+    assert not rows["full"]["finished"] and rows["transformer"]["finished"]
 
 
 # ----------------------------------------------------------------------------- one script per system

@@ -35,6 +35,7 @@ def stage2_args(toy_data, toy_corpus, bert_dir, stage1, save_dir):
 def stage1_checkpoint(toy_data, toy_corpus, bert_dir, path):
     """A stage-1 (frozen BERT) checkpoint, written by fairseq's own Trainer (untrained: stage 2 is tested)."""
     _, _, trainer = build_trainer(model_args(toy_data, toy_corpus, bert_dir) + ["--freeze-bert", "--lr", "1e-3"])
+    trainer.consolidate_optimizer()  # as fairseq's checkpoint_utils.save_checkpoint does first
     trainer.save_checkpoint(str(path), {"val_loss": None})
     return path
 

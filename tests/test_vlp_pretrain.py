@@ -87,14 +87,15 @@ def setup_pretrain_task(data, features, bert_dir, *extra):
 
 def image_row_of(batch, samples):
     """Which sample's image each row got, recognised by its region features (its own first)."""
+    by_features = {}
+    for j in reversed(range(len(samples))):
+        by_features[samples[j]["image"]["features"].numpy().tobytes()] = j
     rows = []
-    for i in range(len(samples)):
-        order = [i] + [j for j in range(len(samples)) if j != i]
-        found = [j for j in order
-                 if torch.equal(batch["net_input"]["region_features"][i, : samples[j]["image"]["features"].size(0)],
-                                samples[j]["image"]["features"])]
-        assert found, f"row {i}: regions of no sample in the batch"
-        rows.append(found[0])
+    for i, s in enumerate(samples):
+        regions = batch["net_input"]["region_features"][i, : int(batch["net_input"]["region_mask"][i].sum())]
+        j = i if torch.equal(regions, s["image"]["features"]) else by_features.get(regions.numpy().tobytes())
+        assert j is not None, f"row {i}: regions of no sample in the batch"
+        rows.append(j)
     return rows
 
 
@@ -165,6 +166,31 @@ def test_batches_mask_text_and_tags_and_swap_whole_images(planted_corpus, small_
     assert batch["target"][:, batch["net_input"]["src_tokens"].size(1):].eq(d.pad()).all()
     assert batch["target"].ne(d.pad()).any()
     assert torch.equal(batch["net_input"]["region_features"], first["net_input"]["region_features"])
+
+
+def test_several_corpora_read_as_one(planted_corpus, small_bert_dir, tmp_path):
+    """``--data A:B`` concatenates the corpora (each with its image index), it does not shard them."""
+    import shutil
+
+    second = tmp_path / "second"
+    second.mkdir()
+    for name in ("valid.en.bin", "valid.en.idx", "valid.img.npy"):
+        shutil.copy(planted_corpus["data"] / name, second / name.replace("valid", "train"))
+    task, _ = setup_pretrain_task(f"{planted_corpus['data']}:{second}", planted_corpus["features"], small_bert_dir,
+                                  "--required-batch-size-multiple", 8)
+    assert not task.has_sharded_data("train")
+    task.load_dataset("train")
+    both = task.dataset("train")
+    first_size = PLANTED_SPLITS["train"][0] * PLANTED_SPLITS["train"][1]
+    assert len(both) == first_size + PLANTED_SPLITS["valid"][0] * PLANTED_SPLITS["valid"][1]
+    item = both[first_size + 5]
+    task.load_dataset("valid")
+    assert item["id"] == first_size + 5 and item["key"] == task.dataset("valid").images.key(5)
+    assert torch.equal(item["caption"], task.dataset("valid")[5]["caption"])
+    batches = task.get_batch_iterator(both, max_sentences=50, seed=1).frozen_batches
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(both)))  # no caption lost
+    batch = both.collater([both[i] for i in batches[0]])
+    assert batch["net_input"]["src_tokens"].size(0) == len(batches[0])
 
 
 def test_masked_predictions_line_up_with_their_positions(planted_corpus, small_bert_dir):
@@ -334,8 +360,12 @@ def build_vlp_mmt(toy_data, toy_corpus, tiny_bert_dir, *extra):
 
 
 def encoder_weights(checkpoint: Path):
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
-    return {k[len("encoder."):]: v for k, v in state.items() if k.startswith(("encoder.bert.", "encoder.visual."))}, state
+    """The checkpoint's encoder tensors (without ``encoder.``) and its whole model state."""
+    from vlp_mmt_fairseq.cli.average_checkpoints import load_checkpoint_safely
+
+    state = load_checkpoint_safely(str(checkpoint))["model"]
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith(("encoder.bert.", "encoder.visual."))}
+    return encoder, state
 
 
 def test_load_vlp_copies_the_encoder_tensor_by_tensor(pretrained_on_mmt_data, toy_data, toy_corpus, tiny_bert_dir,

@@ -55,6 +55,9 @@ def get_parser() -> argparse.ArgumentParser:
                         "other jobs (default: torch's own choice)")
     parser.add_argument("--redo", nargs="+", default=[], metavar="STEP",
                         help="run these steps again even if finished (see WORK/state/)")
+    parser.add_argument("--redo-changed", action="store_true",
+                        help="run again every step whose command changed since it was recorded (a changed "
+                        "budget or recipe), instead of stopping with an error")
     parser.add_argument("--tables-only", action="store_true",
                         help="run nothing: write the tables and the plot from what is finished")
     parser.add_argument("--dry-run", action="store_true", help="print the steps that would run, then stop")
@@ -106,7 +109,7 @@ def script_text(setup: recipe.Setup, system: recipe.System) -> str:
 
 
 def write_scripts(setup: recipe.Setup, directory: str) -> None:
-    from tables import write_text
+    from result_tables import write_text
 
     os.makedirs(directory, exist_ok=True)
     for system in recipe.SYSTEMS.values():
@@ -120,33 +123,18 @@ def write_scripts(setup: recipe.Setup, directory: str) -> None:
 
 
 def system_seconds(runner: StepRunner, setup: recipe.Setup, system: recipe.System):
-    """Wall time of the steps that belong to ``system`` alone or to its runs (None if unfinished)."""
-    total = 0.0
-    for step in recipe.system_steps(setup, system):
-        record = runner.record(step) if os.path.exists(runner.state_path(step)) else None
-        if record is None:
-            return None
-        total += record.get("seconds", 0.0)
-    return round(total, 1)
+    """Wall time of the steps of ``system``, shared ones included (VLP, data), once each."""
+    records = [runner.record(s) for s in wanted_steps(setup, [system.name])]
+    return round(sum(r["seconds"] for r in records), 1) if all(records) else None
 
 
 def feature_note(setup: recipe.Setup, args) -> str:
     return f"features: {os.path.basename(args.features)}" if setup.real_features else "synthetic features"
 
 
-def write_results(runner: StepRunner, setup: recipe.Setup, args, wall_seconds: float) -> str:
-    """Tables 5 and 6, the validation-BLEU plot and a summary, in ``WORK/results/``."""
-    from curves import plot_curves, system_curve
-    from tables import load_row, table_records, write_table, write_text
-
-    out = os.path.join(runner.work_dir, "results")
-    probes = list(recipe.PROBES)
-    test_sets = list(setup.test_sets)
+def table_notes(setup: recipe.Setup, args) -> list:
+    """The notes under both tables: the setup, the metrics and what the probes mean."""
     b = setup.budget
-    rows = {name: load_row(runner.work_dir, s, probes, system_seconds(runner, setup, s))
-            for name, s in recipe.SYSTEMS.items()}
-    context = {"src": setup.src, "tgt": setup.tgt, "budget": b.as_dict(), "test_sets": test_sets,
-               "features": feature_note(setup, args)}
     notes = [
         f"{setup.src}-{setup.tgt}, budget '{b.name}': {b.summary}.",
         "BLEU: lowercased, tokenized (the official Multi30K tok/ references; multi-bleu.perl counting), as the "
@@ -160,26 +148,58 @@ def write_results(runner: StepRunner, setup: recipe.Setup, args, wall_seconds: f
                      "regions plant the content words of its English caption (examples/multi30k/image_concepts.py).")
     if b.test_sentences:
         notes.append(f"Test sets cut to their first {b.test_sentences} sentences: not comparable to published numbers.")
-    markdown = []
-    for key, names, title in (("table5", recipe.TABLE5, "Table 5: systems"),
-                              ("table6", recipe.TABLE6, "Table 6: ablation")):
-        reference = recipe.BASELINE[key]
-        records = table_records([rows[n] for n in names], reference, test_sets, probes)
-        markdown.append(write_table(os.path.join(out, key), f"{title} ({setup.src}-{setup.tgt})", notes, records,
-                                    test_sets, probes, recipe.SYSTEMS[reference].label.split(" (")[0],
-                                    feature_note(setup, args), context))
+    return notes
+
+
+def load_rows(runner: StepRunner, setup: recipe.Setup, current: dict) -> dict:
+    """System name -> its row; a system counts only if its scoring steps are current (``runner.plan``)."""
+    from result_tables import load_row
+
+    rows = {}
+    for name, system in recipe.SYSTEMS.items():
+        finished = all(current.get(step) for step in recipe.final_steps(system))
+        seconds = system_seconds(runner, setup, system) if finished else None
+        rows[name] = load_row(runner.work_dir, system, list(recipe.PROBES), seconds, finished)
+    return rows
+
+
+def write_curves(runner: StepRunner, setup: recipe.Setup, args, out: str) -> dict:
+    """``valid_bleu.png`` of the systems with a training curve; returns label -> points."""
+    from curves import plot_curves, system_curve
+
     curves = {}
     for name in ("transformer", "bert_nmt", "bert_enc_stage2", "end2end", "stage2", "full", "lm_all", "lm_fixed"):
         system = recipe.SYSTEMS[name]
         curves[system.label] = system_curve([os.path.join(runner.work_dir, recipe.train_log(r)) for r in system.runs])
     if any(curves.values()):
+        b = setup.budget
         plot_curves(curves, b.stage1_epochs,
                     f"Validation BLEU per epoch ({setup.src}-{setup.tgt}, budget '{b.name}', "
                     f"beam {b.valid_beam}; {feature_note(setup, args)})",
                     os.path.join(out, "valid_bleu.png"))
-    step_seconds = sum(r.get("seconds", 0.0) for r in
-                       (runner.record(s) for s in wanted_steps(setup, list(recipe.SYSTEMS))
-                        if os.path.exists(runner.state_path(s))) if r)
+    return curves
+
+
+def write_results(runner: StepRunner, setup: recipe.Setup, args, wall_seconds: float) -> str:
+    """Tables 5 and 6, the validation-BLEU plot and a summary, in ``WORK/results/``; returns the tables."""
+    from result_tables import table_records, write_table, write_text
+
+    out = os.path.join(runner.work_dir, "results")
+    every_step = wanted_steps(setup, list(recipe.SYSTEMS))
+    current = runner.plan(every_step, strict=False)  # a recorded result whose inputs changed does not count
+    rows = load_rows(runner, setup, current)
+    context = {"src": setup.src, "tgt": setup.tgt, "budget": setup.budget.as_dict(),
+               "test_sets": list(setup.test_sets), "features": feature_note(setup, args)}
+    markdown = []
+    for key, names, title in (("table5", recipe.TABLE5, "Table 5: systems"),
+                              ("table6", recipe.TABLE6, "Table 6: ablation")):
+        records = table_records([rows[n] for n in names], recipe.BASELINE[key], list(setup.test_sets),
+                                list(recipe.PROBES))
+        markdown.append(write_table(os.path.join(out, key), f"{title} ({setup.src}-{setup.tgt})",
+                                    table_notes(setup, args), records, list(setup.test_sets), list(recipe.PROBES),
+                                    recipe.BASELINE_LABEL[key], feature_note(setup, args), context))
+    curves = write_curves(runner, setup, args, out)
+    step_seconds = sum(runner.record(s)["seconds"] for s in every_step if current[s.name])
     summary = dict(context, command=" ".join(sys.argv), wall_seconds_this_invocation=round(wall_seconds, 1),
                    step_seconds_total=round(step_seconds, 1),
                    curves={k: [list(p) for p in v] for k, v in curves.items()})
@@ -226,6 +246,11 @@ def main(argv=None):
                 if name not in known:
                     raise StepError(f"--redo {name}: no such step among the selected systems' steps")
                 runner.forget(known[name])
+            if args.redo_changed:
+                for step in ordered:
+                    if runner.changed(step):
+                        print(f"{step.name}: command changed, running it again")
+                        runner.forget(step)
             print(f"{len(ordered)} steps in {runner.work_dir} (budget '{args.budget}', {args.src}-{args.tgt})")
             runner.run(ordered)
         tables = write_results(runner, setup, args, time.time() - start)

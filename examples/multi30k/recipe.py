@@ -70,6 +70,7 @@ SYSTEMS = {
 TABLE5 = ("transformer", "bert_enc_stage1", "bert_enc_stage2", "bert_nmt", "full")
 TABLE6 = ("end2end", "stage1", "stage2", "full", "lm_all", "lm_fixed")
 BASELINE = {"table5": "transformer", "table6": "full"}
+BASELINE_LABEL = {"table5": "Transformer", "table6": "Our model"}
 
 #: vlp_mmt runs: (stage, modality-loss flags, the run whose averaged model it continues)
 VLP_MMT_RUNS = {

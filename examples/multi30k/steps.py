@@ -20,9 +20,10 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional
+
 
 @contextmanager
 def atomic_output(path: str):
@@ -67,7 +68,6 @@ class Step:
     after: List[str] = field(default_factory=list)
     log: Optional[str] = None
     stdout: Optional[str] = None
-    makes_dirs: List[str] = field(default_factory=list)
     clean: List[str] = field(default_factory=list)
 
 
@@ -98,7 +98,7 @@ def shell_word(arg: str) -> str:
 
 def step_dirs(step: Step) -> List[str]:
     """Directories a step writes into that must exist before it runs."""
-    return sorted(set(step.makes_dirs + [os.path.dirname(p) for p in (step.log, step.stdout) if p]) - {""})
+    return sorted({os.path.dirname(p) for p in (step.log, step.stdout) if p} - {""})
 
 
 def shell_command(step: Step) -> str:
@@ -179,6 +179,11 @@ class StepRunner:
         missing = [p for p in step.outputs if not os.path.exists(os.path.join(self.work_dir, p))]
         return not missing
 
+    def changed(self, step: Step) -> bool:
+        """Whether ``step`` was recorded with another command than its current one."""
+        record = self.record(step)
+        return record is not None and record.get("command") != step.command
+
     def forget(self, step: Step) -> None:
         """Drop the record of ``step`` and delete its ``clean`` paths, so that it runs again from scratch."""
         path = self.state_path(step)
@@ -203,11 +208,19 @@ class StepRunner:
             finished[step.name] = self.record(step)
         return finished
 
-    def plan(self, steps: List[Step]) -> Dict[str, bool]:
-        """Step name -> whether :meth:`run` would reuse it (True) or run it (False)."""
+    def plan(self, steps: List[Step], strict: bool = True) -> Dict[str, bool]:
+        """Step name -> whether :meth:`run` would reuse it (True) or run it (False).
+
+        With ``strict=False`` a step recorded with another command counts as not done instead of
+        raising :class:`StepError`."""
         finished, reused = {}, {}
         for step in steps:
-            reused[step.name] = self.is_done(step, finished)
+            try:
+                reused[step.name] = self.is_done(step, finished)
+            except StepError:
+                if strict:
+                    raise
+                reused[step.name] = False
             if reused[step.name]:
                 finished[step.name] = self.record(step)
         return reused
@@ -228,7 +241,7 @@ class StepRunner:
         if missing:
             raise StepError(f"step '{step.name}' exited with 0 but did not write {', '.join(missing)}; "
                             f"log: {self._log_path(step)}")
-        self._write_record(step, started_at)
+        self.record_finished(step, started_at)
 
     def _log_path(self, step: Step) -> Optional[str]:
         return os.path.join(self.work_dir, step.log) if step.log else None
@@ -247,7 +260,8 @@ class StepRunner:
             tail = _tail(log_path) if log_path else ""
             raise StepError(f"step '{step.name}' failed with exit code {code}; log: {log_path}\n{tail}")
 
-    def _write_record(self, step: Step, started_at: float) -> None:
+    def record_finished(self, step: Step, started_at: float) -> None:
+        """Write the record of ``step``, finished now after starting at ``started_at``."""
         finished_at = time.time()
         record = dict(asdict(step), seconds=round(finished_at - started_at, 1), started_at=started_at,
                       finished_at=finished_at, finished=time.strftime("%Y-%m-%d %H:%M:%S"))

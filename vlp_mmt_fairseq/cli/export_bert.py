@@ -10,6 +10,7 @@ The directory (layout in :mod:`vlp_mmt_fairseq.bert_export`) is an ordinary BERT
 from ``--bert-model`` (default: the one the checkpoint was trained from).
 """
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -63,6 +64,8 @@ def build_encoder_parts(state, bert_model: str, path: str):
 
 
 def main(args) -> str:
+    if os.path.exists(args.out) and not args.force:
+        raise ExportError(f"{args.out}: already exists (pass --force to replace it)")
     state, cfg = encoder_state_from_checkpoint(args.checkpoint)
     bert_model = args.bert_model or checkpoint_bert_model(cfg, args.checkpoint)
     bert, visual = build_encoder_parts(state, bert_model, args.checkpoint)

@@ -8,7 +8,6 @@ Both means are per batch (``sample_size`` is 1). Logged, in bits like fairseq's 
 import math
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass

@@ -169,7 +169,11 @@ class VlpPretrainTask(FairseqTask):
                 continue
             parts.append(self.build_caption_dataset(directory, split, prefix, store))
         if not parts:
-            raise FileNotFoundError(f"no captions of split '{split}' in {self.cfg.data}")
+            lang = self.cfg.source_lang or "LANG"
+            raise FileNotFoundError(
+                f"no captions of split '{split}' in {self.cfg.data}: expected {split}.{lang}.bin/.idx or "
+                f"{split}.{lang}-OTHER.{lang}.bin/.idx (preprocess/prepare_captions.py writes the first)"
+            )
         self.datasets[split] = concat_vlp_datasets(parts)
         logger.info("%s: %d image-caption pairs from %d corpora", split, len(self.datasets[split]), len(parts))
 

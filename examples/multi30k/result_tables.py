@@ -48,10 +48,10 @@ def read_scores(path: str) -> Optional[dict]:
             raise ValueError(f"{path}: not a vlp-mmt-score JSON file ({e})") from e
 
 
-def load_row(work_dir: str, system, probes: List[str], seconds: Optional[float]) -> Row:
-    """The row of ``system`` from ``WORK/scores/``."""
+def load_row(work_dir: str, system, probes: List[str], seconds: Optional[float], finished: bool) -> Row:
+    """The row of ``system`` from ``WORK/scores/`` (empty unless its scoring steps are ``finished``)."""
     row = Row(system.name, system.label, system.multimodal, seconds=seconds)
-    scores = read_scores(os.path.join(work_dir, "scores", f"{system.name}.json"))
+    scores = read_scores(os.path.join(work_dir, "scores", f"{system.name}.json")) if finished else None
     if scores is None:
         return row
     for test_set, s in scores.items():
