@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: mixed-precision training steps of vlp_mmt_base (MiniLM encoder, stage 2, modality loss
-# on) with --bf16, --fp16 and --amp, then the generation benchmark, on one CUDA GPU, in about 6 minutes.
+# on) with --bf16, --fp16 and --amp, the generation benchmark and (TRAIN_STEP=0 skips it) the
+# training-step benchmark, on one CUDA GPU, in about 6 minutes.
 #
 #   WHEELS=/path/to/wheels bash benchmarks/gpu_check.sh
 #
@@ -10,7 +11,8 @@
 #           is built from them in $WORK/venv; set VENV instead to use an existing environment.
 #   VENV    an existing environment (its bin/python is used; nothing is installed)
 #   WORK    scratch folder (default: a new temporary folder)
-#   OUT     when set, the figures are also written to $OUT/gpu_figures.txt
+#   OUT     when set, the figures go to $OUT/gpu_figures.txt (else $WORK/gpu_figures.txt), line by line,
+#           so a run cut short still returns what it measured
 # Data: the toy corpus (preprocess/make_toy_ambiguity.py, 36 regions x 2048 features), so no
 # Multi30K is needed. The package runs from this checkout (PYTHONPATH), it is not installed.
 set -euo pipefail
@@ -18,7 +20,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${WORK:-$(mktemp -d)}"
 mkdir -p "$WORK"
-FIGURES="$WORK/gpu_figures.txt"
+FIGURES="${OUT:-$WORK}/gpu_figures.txt"
+mkdir -p "$(dirname "$FIGURES")"
 : > "$FIGURES"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
@@ -89,7 +92,15 @@ else
   figure "generation benchmark: FAILED (see $WORK/generation.err)"; tail -20 "$WORK/generation.err" >&2
 fi
 
-say "done in $((SECONDS - start)) s"
-if [[ -n "${OUT:-}" ]]; then
-  mkdir -p "$OUT" && cp "$FIGURES" "$OUT/gpu_figures.txt"
+# ------------------------------------------------------------------ step overheads on the GPU (last: optional)
+if [[ "${TRAIN_STEP:-1}" == 1 ]]; then
+  say "benchmarks/train_step.py"
+  if "$PY" "$REPO/benchmarks/train_step.py" --work-dir "$WORK/bench" --max-tokens 2048 --batches 10 \
+      > "$WORK/train_step.out" 2> "$WORK/train_step.err"; then
+    tee -a "$FIGURES" < "$WORK/train_step.out"
+  else
+    figure "train_step benchmark: FAILED (see $WORK/train_step.err)"; tail -20 "$WORK/train_step.err" >&2
+  fi
 fi
+
+say "done in $((SECONDS - start)) s; figures in $FIGURES"

@@ -27,6 +27,10 @@ COUNT_AND_WRITE = (
     "import sys, pathlib; pathlib.Path('calls.txt').open('a').write(sys.argv[1] + '\\n'); "
     "pathlib.Path(sys.argv[2]).write_text('made by ' + sys.argv[1])"
 )
+WRITE_FRESH = (  # like a training run that would resume from what its save dir holds
+    "import pathlib; assert not pathlib.Path('b.txt').exists(), 'would resume from a stale output'; "
+    "pathlib.Path('calls.txt').open('a').write('last\\n'); pathlib.Path('b.txt').write_text('made by last')"
+)
 FAIL_WHILE_FLAG = (
     "import sys, pathlib; pathlib.Path('calls.txt').open('a').write('flaky\\n'); print('partial output'); "
     "sys.exit(3 if pathlib.Path('fail.flag').exists() else 0)"
@@ -38,7 +42,7 @@ def toy_steps():
         Step("first", ["{PYTHON}", "-c", COUNT_AND_WRITE, "first", "a.txt"], outputs=["a.txt"], log="logs/first.log"),
         Step("flaky", ["{PYTHON}", "-c", FAIL_WHILE_FLAG], outputs=["out/flaky.txt"], after=["first"],
              stdout="out/flaky.txt", log="logs/flaky.log"),
-        Step("last", ["{PYTHON}", "-c", COUNT_AND_WRITE, "last", "b.txt"], outputs=["b.txt"], after=["flaky"]),
+        Step("last", ["{PYTHON}", "-c", WRITE_FRESH], outputs=["b.txt"], after=["flaky"], clean=["b.txt"]),
     ]
 
 
@@ -73,9 +77,9 @@ def test_runner_reuses_finished_steps_and_reruns_the_interrupted_one(tmp_path):
     runner.run(toy_steps())
     assert calls(work)[-1] == "last" and len(calls(work)) == 5
 
-    runner.forget(toy_steps()[0])  # --redo first: everything made from it is made again
+    runner.forget(toy_steps()[0])  # --redo first: everything made from it is made again, from scratch
     assert runner.plan(toy_steps()) == {"first": False, "flaky": False, "last": False}
-    runner.run(toy_steps())
+    runner.run(toy_steps())  # 'last' is out of date: its clean paths go first (WRITE_FRESH checks it)
     assert calls(work)[5:] == ["first", "flaky", "last"]
 
 

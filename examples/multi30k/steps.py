@@ -7,8 +7,9 @@ they run, or written as a shell variable in the per-system scripts.
 
 The :class:`StepRunner` records each finished step in ``WORK/state/<step>.json`` (its command, its
 outputs, when it started and finished). A recorded step whose outputs still exist is reused, never
-run again, unless a step it needs runs (again) or ran after it started: then it runs again too. An
-unfinished step is run again from the start of its command, which for ``fairseq-train`` means
+run again, unless a step it needs runs (again) or ran after it started: then it starts over too
+(its ``clean`` paths deleted, so a training run does not resume from stale checkpoints). An
+unfinished step (no record) is run again with the same command, which for ``fairseq-train`` means
 resuming from the ``checkpoint_last.pt`` of its save directory. A step recorded with another
 command (the recipe or the budget changed) is an error rather than a silent reuse.
 """
@@ -203,6 +204,9 @@ class StepRunner:
             if self.is_done(step, finished):
                 self.echo(f"[{number}/{len(steps)}] {step.name}: done before, reused")
             else:
+                if self.record(step) is not None:  # made before from inputs that changed since: start over
+                    self.echo(f"[{number}/{len(steps)}] {step.name}: out of date, starting over")
+                    self.forget(step)
                 self.echo(f"[{number}/{len(steps)}] {step.name}: running")
                 self._execute(step)
             finished[step.name] = self.record(step)
