@@ -59,17 +59,15 @@ def load_checkpoint_safely(path: str) -> dict:
     """``torch.load(path, weights_only=True)`` with fairseq's config classes allow-listed."""
     import torch
 
-    from vlp_mmt_fairseq.compat import checkpoint_safe_globals
+    from vlp_mmt_fairseq.compat import register_safe_checkpoint_globals
 
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
+    # Process-wide, as the plugin does on import. (torch's ``safe_globals`` context manager would
+    # remove the classes again on exit, even when the plugin had registered them before.)
+    register_safe_checkpoint_globals()
     try:
-        if hasattr(torch.serialization, "safe_globals"):
-            with torch.serialization.safe_globals(checkpoint_safe_globals()):
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        else:  # torch < 2.5: the allow-list is process-wide
-            torch.serialization.add_safe_globals(checkpoint_safe_globals())
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused by safe loading (torch.load weights_only=True): {_unpickling_reason(e)}. "
