@@ -73,7 +73,8 @@ def main():
     generate_args = {
         "multimodal": [data / "bert"] + plugin + ["--image-features", store, "--max-regions", "36"],
         "text-only": [data / "bert"] + plugin + ["--no-images"],
-        "transformer": [data / "text", "--task", "translation"],
+        # the plugin's --user-dir also lets the stock task load its checkpoint on torch >= 2.6
+        "transformer": [data / "text", "--user-dir", common.USER_DIR, "--task", "translation"],
     }
     search = ["--gen-subset", split, "--beam", args.beam, "--batch-size", args.batch_size, "--min-len", length,
               "--max-len-a", "0", "--max-len-b", length, "--quiet"] + common.device_args()

@@ -47,7 +47,7 @@ def train(data, corpus, save_dir, args, multimodal):
          "--task", "vlp_mmt", "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
          "--bert-model", args.bert_model, "--freeze-bert", *images,
          "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt",
-         "--warmup-updates", "50", "--max-tokens", "2400", "--max-update", args.max_update,
+         "--warmup-updates", "50", "--max-tokens", "2000", "--max-update", args.max_update,
          "--save-dir", save_dir, "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
          "--log-format", "simple", "--log-interval", "20", "--seed", "1", "--cpu"],
         log=os.path.join(save_dir + ".log"))
