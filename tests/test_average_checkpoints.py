@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -43,7 +44,14 @@ def fake_checkpoint(path: Path, seed: int, num_updates: int, weight_shape=(6, 4)
         "optimizer_history": [
             {"criterion_name": "LabelSmoothed", "optimizer_name": "Adam", "num_updates": num_updates}
         ],
-        "extra_state": {"epoch": seed, "train_iterator": {"epoch": seed, "iterations_in_epoch": 0}},
+        "extra_state": {
+            "epoch": seed,
+            "train_iterator": {"epoch": seed, "iterations_in_epoch": 0},
+            # fairseq's saved meters: with --eval-bleu they hold numpy arrays and scalars
+            "metrics": {"valid": [("_bleu_counts_0", "AverageMeter", {"val": np.array([3, 1]),
+                                                                       "sum": np.array([7.5]),
+                                                                       "count": np.float64(2.0)})]},
+        },
         "last_optimizer_state": {"state": {}, "param_groups": [{"lr": 0.0005}]},
     }
     torch.save(state, path)
@@ -116,3 +124,12 @@ def test_unsafe_pickle_is_refused(tmp_path):
     torch.save(state, tmp_path / "unsafe.pt")
     with pytest.raises(CheckpointError, match=r"unsafe\.pt: refused by safe loading.*datetime\.timedelta"):
         load_checkpoint_safely(str(tmp_path / "unsafe.pt"))
+
+
+def test_eval_bleu_metrics_load_safely(tmp_path):
+    """The numpy arrays and scalars of --eval-bleu's saved meters are allow-listed."""
+    state = fake_checkpoint(tmp_path / "a.pt", 1, 100)
+    loaded = load_checkpoint_safely(str(tmp_path / "a.pt"))
+    meters = loaded["extra_state"]["metrics"]["valid"][0][2]
+    np.testing.assert_array_equal(meters["val"], state["extra_state"]["metrics"]["valid"][0][2]["val"])
+    assert meters["count"] == 2.0

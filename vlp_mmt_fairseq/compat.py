@@ -1,7 +1,8 @@
 """The few fixes fairseq 0.12 needs on current torch and Python, in one place.
 
 1. Safe checkpoint loading. Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``,
-   which refuses the ``argparse.Namespace`` and omegaconf objects that fairseq checkpoints hold.
+   which refuses the ``argparse.Namespace`` and omegaconf objects that fairseq checkpoints hold
+   (and the numpy arrays of their saved metrics, with ``--eval-bleu``).
    :func:`register_safe_checkpoint_globals` allow-lists exactly those classes; the safety itself
    stays on.
 2. Lost sentences. fairseq's ``batch_by_size`` silently drops the last batch when its size is not
@@ -31,7 +32,7 @@ def checkpoint_safe_globals() -> list:
     from omegaconf import nodes
     from omegaconf.base import Container, ContainerMetadata, Metadata, Node
 
-    return [
+    return numpy_array_globals() + [
         argparse.Namespace,
         omegaconf.DictConfig,
         omegaconf.ListConfig,
@@ -53,6 +54,20 @@ def checkpoint_safe_globals() -> list:
         collections.defaultdict,
         collections.OrderedDict,
     ]
+
+
+def numpy_array_globals() -> list:
+    """What a pickled numpy array or scalar refers to: fairseq's saved metrics hold them (e.g. the
+    BLEU n-gram counts that ``--eval-bleu`` logs)."""
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    found = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles a dtype through its class
+    if dtypes is not None:
+        found += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
+    return found
 
 
 def register_safe_checkpoint_globals() -> None:
