@@ -80,6 +80,8 @@ def test_beam_search_translates_and_resolves_ambiguity(two_stage_model, toy_data
     bleu = sacrebleu.corpus_bleu(real, [references]).score
     assert bleu > 60, bleu
     shuffled = generate(toy_data, toy_corpus, tiny_bert_dir, stage2, "--shuffle-images-seed", "1")
+    # the "no image" probe: the multimodal checkpoint, translated without images (its FFN(v) unused)
+    assert len(generate(toy_data, toy_corpus, tiny_bert_dir, stage2, "--no-images")) == len(references)
     text_only = train(toy_data, toy_corpus, tiny_bert_dir, tmp_path_factory.mktemp("text_only"), "--no-images",
                       "--modality-loss", "off", "--lr", "3e-3", "--max-update", "300")
     text = generate(toy_data, toy_corpus, tiny_bert_dir, text_only, "--no-images")

@@ -128,6 +128,18 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
             decoder_out[1]["encoder_out"] = encoder_out  # the memory the queries attended to
         return decoder_out
 
+    def upgrade_state_dict_named(self, state_dict, name):
+        """A multimodal checkpoint translated with ``--no-images`` (the "no image" probe): this model
+        has no FFN(v), so the checkpoint's FFN(v) weights are left out, with a note."""
+        super().upgrade_state_dict_named(state_dict, name)
+        if self.encoder.visual is None:
+            prefix = (name + "." if name else "") + "encoder.visual."
+            unused = [k for k in state_dict if k.startswith(prefix)]
+            if unused:
+                logger.info("no images: the checkpoint's FFN(v) weights (%d tensors) are not used", len(unused))
+                for key in unused:
+                    del state_dict[key]
+
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())
 
