@@ -14,8 +14,10 @@ Format (documented for users in ``docs/feature_store.md``)::
 
 An image *index* maps line i of a split to an image key (see :func:`image_key_from_line`).
 """
+import atexit
 import contextlib
 import os
+import weakref
 import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence
@@ -222,6 +224,17 @@ class FeatureStoreWriter:
 # --------------------------------------------------------------------------- reading
 
 
+_OPEN_STORES = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    """Close every store's HDF5 handle before the interpreter tears down (h5py objects finalized
+    during shutdown, after parts of HDF5 are gone, can crash the process on exit)."""
+    for store in list(_OPEN_STORES):
+        store.close()
+
+
 class FeatureStore:
     """Lazy, read-only access to a store.
 
@@ -258,7 +271,17 @@ class FeatureStore:
             except OSError as e:
                 raise FeatureStoreError(f"{self.path}: cannot read the feature store (corrupt or not HDF5): {e}") from e
             self._pid = os.getpid()
+            _OPEN_STORES.add(self)
         return self._file
+
+    def close(self) -> None:
+        """Close this process's handle (it reopens on the next read)."""
+        if self._file is not None and self._pid == os.getpid():
+            try:
+                self._file.close()
+            except Exception:  # already closed by h5py itself
+                pass
+        self._file, self._pid = None, None
 
     def __getstate__(self):
         state = self.__dict__.copy()
