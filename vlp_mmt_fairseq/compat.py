@@ -64,8 +64,7 @@ def numpy_array_globals() -> list:
     except ImportError:  # numpy 1.x
         from numpy.core import multiarray
     found = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles a dtype through its class
-    if dtypes is not None:
+    if hasattr(np, "dtypes"):  # numpy >= 1.25 pickles a dtype through its class
         found += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
     return found
 

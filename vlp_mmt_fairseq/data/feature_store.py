@@ -17,8 +17,8 @@ An image *index* maps line i of a split to an image key (see :func:`image_key_fr
 import atexit
 import contextlib
 import os
-import weakref
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence
 
