@@ -181,6 +181,9 @@ def test_incremental_beam_search_equals_full_recompute(toy_data, toy_corpus, tin
         return encoder_forward(*args, **kwargs)
 
     model.encoder.forward = counted_forward
+    projected_rows = []  # rows of memory each cross-attention key projection saw
+    hooks = [layer.encoder_attn.k_proj.register_forward_hook(lambda m, a, out: projected_rows.append(out.size(1)))
+             for layer in model.decoder.layers]
     tgt = task.target_dictionary
     incremental = SequenceGenerator([model], tgt, beam_size=5, max_len_b=12)
     full = SequenceGenerator([full_recompute_model(model)], tgt, beam_size=5, max_len_b=12)
@@ -188,9 +191,36 @@ def test_incremental_beam_search_equals_full_recompute(toy_data, toy_corpus, tin
     with torch.no_grad():
         hyps_inc = incremental.generate([model], sample)
         assert calls["encoder"] == 1  # once per batch of sentences, not once per step
+        # keys and values projected once per sentence and layer, not once per hypothesis or step
+        assert projected_rows == [4] * len(model.decoder.layers)
         hyps_full = full.generate([model], sample)
+        assert all(rows == 4 * 5 for rows in projected_rows[len(model.decoder.layers):])
+    for hook in hooks:
+        hook.remove()
     for a, b in zip(hyps_inc, hyps_full):
         assert len(a) == len(b) == 5
         for x, y in zip(a, b):
             assert torch.equal(x["tokens"], y["tokens"])
             torch.testing.assert_close(x["score"], y["score"], atol=1e-4, rtol=1e-4)
+
+
+def test_beam_setting_does_not_leak_into_other_decoding(toy_data, toy_corpus, tiny_bert_dir):
+    """After a beam-2 generator, greedy search (4 distinct rows, divisible by 2) and the training loss
+    are what they were before: the per-sentence projection only applies to rows that are copies."""
+    task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir)
+    model.eval()
+    with torch.no_grad():  # peaked outputs, as above
+        for p in model.decoder.parameters():
+            p.mul_(3.0)
+    sample = first_batch(task, size=4)
+    tgt = task.target_dictionary
+    with torch.no_grad():
+        greedy_before = SequenceGenerator([model], tgt, beam_size=1, max_len_b=12).generate([model], sample)
+        loss_before = criterion(model, sample)[0]
+        SequenceGenerator([model], tgt, beam_size=2, max_len_b=12).generate([model], sample)
+        greedy_after = SequenceGenerator([model], tgt, beam_size=1, max_len_b=12).generate([model], sample)
+        loss_after = criterion(model, sample)[0]
+    for a, b in zip(greedy_before, greedy_after):
+        assert torch.equal(a[0]["tokens"], b[0]["tokens"])
+        torch.testing.assert_close(a[0]["positional_scores"], b[0]["positional_scores"])
+    torch.testing.assert_close(loss_before, loss_after)

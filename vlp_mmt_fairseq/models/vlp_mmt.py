@@ -23,11 +23,16 @@ class CrossAttentionQueryDecoder(TransformerDecoder):
 
     With the queries come the keys and values the layer projected from the encoder output, so the
     modality loss attends with them without projecting the encoder output again.
+
+    In beam search the cross-attention projects the keys and values once per sentence rather than
+    once per hypothesis (fairseq's beamable encoder-decoder attention), and keeps that cache as it
+    is while hypotheses move within their sentence's beam.
     """
 
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
         self._captured = None
+        self.generation_beam_size = 1
         for layer in self.layers:
             layer.encoder_attn.register_forward_pre_hook(self._capture_query, with_kwargs=True)
             layer.encoder_attn.k_proj.register_forward_hook(self._capture_projection("cross_attn_keys"))
@@ -43,8 +48,31 @@ class CrossAttentionQueryDecoder(TransformerDecoder):
                 self._captured[name].append(output)  # S x B x C
         return capture
 
+    def set_beam_size(self, beam_size):
+        """Called by fairseq's SequenceGenerator; used only while decoding incrementally."""
+        self.generation_beam_size = beam_size
+
+    def _cross_attention_beam(self, prev_output_tokens, encoder_out, incremental_state) -> int:
+        """How many consecutive rows of the encoder output are copies of one sentence's memory.
+
+        A full forward (training, validation loss, scoring) has one row per sentence. Beam search
+        expands each sentence's memory to ``beam`` identical rows; the first step checks that they
+        are, and later steps keep its answer.
+        """
+        if incremental_state is None:
+            return 1
+        if prev_output_tokens.size(1) > 1:
+            return getattr(self, "_beam_size", 1)
+        beam = self.generation_beam_size
+        memory = encoder_out["encoder_out"][0] if encoder_out and encoder_out["encoder_out"] else None
+        if beam <= 1 or memory is None or memory.size(1) % beam:
+            return 1
+        grouped = memory.reshape(memory.size(0), -1, beam, memory.size(2))  # S x B x beam x C
+        return beam if torch.equal(grouped, grouped[:, :, :1].expand_as(grouped)) else 1
+
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False,
                 return_cross_attn_queries: bool = False, **kwargs):
+        super().set_beam_size(self._cross_attention_beam(prev_output_tokens, encoder_out, incremental_state))
         if not return_cross_attn_queries:
             return super().forward(prev_output_tokens, encoder_out=encoder_out,
                                    incremental_state=incremental_state, features_only=features_only, **kwargs)
@@ -127,6 +155,10 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         if return_cross_attn_queries:
             decoder_out[1]["encoder_out"] = encoder_out  # the memory the queries attended to
         return decoder_out
+
+    def set_beam_size(self, beam_size):
+        """Beam search: the decoder projects each sentence's memory once, not once per hypothesis."""
+        self.decoder.set_beam_size(beam_size)
 
     def upgrade_state_dict_named(self, state_dict, name):
         """A multimodal checkpoint translated with ``--no-images`` (the "no image" probe): this model
