@@ -55,8 +55,9 @@ def plot_curves(curves: Dict[str, List[Tuple[int, float, int]]], stage1_epochs: 
             continue
         epochs, bleu, stages = zip(*points)
         two_stage = max(stages) > 1
+        # one-stage curves dashed and on top: BERT-NMT's warm-start epochs repeat the transformer's curve
         axis.plot(epochs, bleu, marker="o" if two_stage else ".", linestyle="-" if two_stage else "--",
-                  linewidth=1.5, markersize=4, label=label)
+                  linewidth=1.5 if two_stage else 2.0, markersize=4, zorder=2 if two_stage else 3, label=label)
     axis.axvline(stage1_epochs + 0.5, color="grey", linestyle=":", linewidth=1)
     axis.text(stage1_epochs + 0.6, 0.02, "stage 2 →", transform=axis.get_xaxis_transform(), color="grey")
     axis.set_xlabel("epoch (stage 2 epochs follow stage 1)")
