@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.logging import metrics
 from fairseq.models import FairseqDecoder, FairseqEncoderDecoderModel
 from fairseq.sequence_generator import SequenceGenerator
 
@@ -84,6 +85,7 @@ def test_modality_loss_matches_hand_computation(toy_data, toy_corpus, tiny_bert_
     torch.testing.assert_close(layer["h_v"], h_v, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(layer["lambda"], lam * mask, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(terms["loss"], loss, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(terms["cos_sum"], (cos * mask).sum(), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(h_x, h_v)  # two different attentions
     assert 0 < terms["loss"].item() < mask.sum().item()
 
@@ -93,6 +95,11 @@ def test_modality_loss_matches_hand_computation(toy_data, toy_corpus, tiny_bert_
     xent, _ = criterion.compute_loss(model, net_output, sample)
     torch.testing.assert_close(loss_total, xent + loss, atol=1e-3, rtol=1e-4)
     assert math.isclose(float(log["modality_loss"]), float(loss), rel_tol=1e-4)
+    with metrics.aggregate() as logged:  # what fairseq-train logs: per-token means
+        criterion.reduce_metrics([log])
+    values = logged.get_smoothed_values()
+    assert values["modality_cos"] == pytest.approx(float((cos * mask).sum() / mask.sum()), abs=1e-4)
+    assert values["lambda"] == pytest.approx(float((lam * mask).sum() / mask.sum()), abs=1e-4)
 
 
 def test_modality_variants(toy_data, toy_corpus, tiny_bert_dir):

@@ -131,6 +131,7 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
                 loss=loss.data,
                 modality_loss=terms["loss"].data,
                 lambda_sum=terms["lambda_sum"].data,
+                cos_sum=terms["cos_sum"].data,
                 modality_tokens=terms["count"].data,
             )
         if self.report_accuracy:
@@ -140,7 +141,7 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
         return loss, sample_size, logging_output
 
     def modality_terms(self, model, net_output, sample) -> Dict[str, torch.Tensor]:
-        """h_x, h_v, lambda and L_M (summed over the chosen layers and non-pad target tokens)."""
+        """h_x, h_v, lambda, cos(h_x, h_v) and L_M (summed over the chosen layers and non-pad target tokens)."""
         extra = net_output[1]
         encoder_out = extra["encoder_out"]
         memory = encoder_out["encoder_out"][0]  # S x B x C
@@ -157,6 +158,7 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
         target_embed = model.decoder.embed_tokens.weight[target]  # T x B x E, unscaled, no positions
         total = memory.new_zeros(())
         lambda_sum = memory.new_zeros(())
+        cos_sum = memory.new_zeros((), dtype=torch.float32)
         per_layer: List[Dict[str, torch.Tensor]] = []
         for index in chosen:
             query = extra["cross_attn_queries"][index]  # T x B x C
@@ -171,9 +173,11 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
             lam = lam.masked_fill(~valid, 0.0)
             total = total + (lam * (1.0 - cos)).masked_fill(~valid, 0.0).sum()
             lambda_sum = lambda_sum + lam.sum()
+            cos_sum = cos_sum + cos.detach().masked_fill(~valid, 0.0).sum()
             per_layer.append({"h_x": h_x, "h_v": h_v, "lambda": lam, "cos": cos})
         count = valid.sum() * len(chosen)
-        return {"loss": total, "lambda_sum": lambda_sum, "count": count, "layers": per_layer, "valid": valid}
+        return {"loss": total, "lambda_sum": lambda_sum, "cos_sum": cos_sum, "count": count, "layers": per_layer,
+                "valid": valid}
 
     @staticmethod
     def _kind_mask(kinds: torch.Tensor, wanted) -> torch.Tensor:
@@ -189,10 +193,13 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
         if count > 0:
             modality = utils.item(sum(log.get("modality_loss", 0) for log in logging_outputs))
             lambdas = utils.item(sum(log.get("lambda_sum", 0) for log in logging_outputs))
+            cosines = utils.item(sum(log.get("cos_sum", 0) for log in logging_outputs))
             # xent below is the label-smoothed cross entropy alone, in the same units as loss
             sample_size = utils.item(sum(log.get("sample_size", 0) for log in logging_outputs))
             metrics.log_scalar("modality_loss", modality / count, count, round=4)
             metrics.log_scalar("lambda", lambdas / count, count, round=4)
+            # how close the text and image attention outputs are, also when lambda is 0 or small
+            metrics.log_scalar("modality_cos", cosines / count, count, round=4)
             total = utils.item(sum(log.get("loss", 0) for log in logging_outputs))
             metrics.log_scalar("xent", (total - modality) / sample_size / math.log(2), sample_size, round=3)
 
