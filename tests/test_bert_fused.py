@@ -10,6 +10,7 @@ from fairseq import checkpoint_utils, options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models.transformer import TransformerConfig
 
+from beam_search import assert_beam_search_matches_full_recompute, make_outputs_peaked
 from conftest import run_cli
 from vlp_mmt_fairseq.models.bert_fused import BertFusedDecoderLayer, BertFusedEncoderLayer
 
@@ -197,6 +198,16 @@ def test_incremental_decoding_matches_full_pass_and_bert_is_frozen(toy_data, tin
     assert all(p.grad is None for p in bert_params)
     assert model.encoder.layers[0].bert_attn.k_proj.weight.grad.abs().sum() > 0
     assert model.decoder.layers[0].bert_attn.k_proj.weight.grad.abs().sum() > 0
+
+
+def test_beam_search_projects_both_memories_once_per_sentence(toy_data, tiny_bert_dir):
+    task, model = build(bert_fused_args(toy_data, tiny_bert_dir))
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(task.dataset("valid"), max_sentences=4, seed=1).next_epoch_itr(shuffle=False)
+    model.eval()
+    make_outputs_peaked(model)
+    projections = [attn.k_proj for layer in model.decoder.layers for attn in (layer.encoder_attn, layer.bert_attn)]
+    assert_beam_search_matches_full_recompute(model, next(iter(itr)), task.target_dictionary, projections)
 
 
 def test_finetune_bert_trains_bert(toy_data, tiny_bert_dir):

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.logging import metrics
-from fairseq.models import FairseqDecoder, FairseqEncoderDecoderModel
 from fairseq.sequence_generator import SequenceGenerator
 
+from beam_search import assert_beam_search_matches_full_recompute, make_outputs_peaked
 from vlp_mmt_fairseq.models.multimodal_bert_encoder import PositionKind
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -152,33 +152,10 @@ def test_stage1_freezes_bert_and_stage2_trains_it(toy_data, toy_corpus, tiny_ber
     assert all(stage2.values()), stage2
 
 
-class FullRecomputeDecoder(FairseqDecoder):
-    """The same decoder without incremental state: every step recomputes the whole prefix."""
-
-    def __init__(self, decoder):
-        super().__init__(decoder.dictionary)
-        self.inner = decoder
-
-    def forward(self, prev_output_tokens, encoder_out=None, **kwargs):
-        return self.inner(prev_output_tokens, encoder_out=encoder_out)
-
-    def get_normalized_probs(self, net_output, log_probs, sample=None):
-        return self.inner.get_normalized_probs(net_output, log_probs, sample)
-
-    def max_positions(self):
-        return self.inner.max_positions()
-
-
-def full_recompute_model(model):
-    return FairseqEncoderDecoderModel(model.encoder, FullRecomputeDecoder(model.decoder))
-
-
 def test_incremental_beam_search_equals_full_recompute(toy_data, toy_corpus, tiny_bert_dir):
     task, model, _ = build(toy_data, toy_corpus, tiny_bert_dir)
     model.eval()
-    with torch.no_grad():  # random but peaked outputs so beams differ
-        for p in model.decoder.parameters():
-            p.mul_(3.0)
+    make_outputs_peaked(model)
     sample = first_batch(task, size=4)
     calls = {"encoder": 0}
     encoder_forward = model.encoder.forward
@@ -188,27 +165,9 @@ def test_incremental_beam_search_equals_full_recompute(toy_data, toy_corpus, tin
         return encoder_forward(*args, **kwargs)
 
     model.encoder.forward = counted_forward
-    projected_rows = []  # rows of memory each cross-attention key projection saw
-    hooks = [layer.encoder_attn.k_proj.register_forward_hook(lambda m, a, out: projected_rows.append(out.size(1)))
-             for layer in model.decoder.layers]
-    tgt = task.target_dictionary
-    incremental = SequenceGenerator([model], tgt, beam_size=5, max_len_b=12)
-    full = SequenceGenerator([full_recompute_model(model)], tgt, beam_size=5, max_len_b=12)
-    assert incremental.model.has_incremental_states() and not full.model.has_incremental_states()
-    with torch.no_grad():
-        hyps_inc = incremental.generate([model], sample)
-        assert calls["encoder"] == 1  # once per batch of sentences, not once per step
-        # keys and values projected once per sentence and layer, not once per hypothesis or step
-        assert projected_rows == [4] * len(model.decoder.layers)
-        hyps_full = full.generate([model], sample)
-        assert all(rows == 4 * 5 for rows in projected_rows[len(model.decoder.layers):])
-    for hook in hooks:
-        hook.remove()
-    for a, b in zip(hyps_inc, hyps_full):
-        assert len(a) == len(b) == 5
-        for x, y in zip(a, b):
-            assert torch.equal(x["tokens"], y["tokens"])
-            torch.testing.assert_close(x["score"], y["score"], atol=1e-4, rtol=1e-4)
+    assert_beam_search_matches_full_recompute(model, sample, task.target_dictionary,
+                                              [layer.encoder_attn.k_proj for layer in model.decoder.layers])
+    assert calls["encoder"] == 2  # once per generate call (incremental, then full), not once per step
 
 
 def test_beam_setting_does_not_leak_into_other_decoding(toy_data, toy_corpus, tiny_bert_dir):
@@ -216,9 +175,7 @@ def test_beam_setting_does_not_leak_into_other_decoding(toy_data, toy_corpus, ti
     are what they were before: the per-sentence projection only applies to rows that are copies."""
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir)
     model.eval()
-    with torch.no_grad():  # peaked outputs, as above
-        for p in model.decoder.parameters():
-            p.mul_(3.0)
+    make_outputs_peaked(model)
     sample = first_batch(task, size=4)
     tgt = task.target_dictionary
     with torch.no_grad():

@@ -36,6 +36,7 @@ from fairseq.modules.transformer_layer_aug import AugTransformerDecoderLayerBase
 from torch import Tensor
 
 from vlp_mmt_fairseq.bert_loading import load_bert_model
+from vlp_mmt_fairseq.models.beamable_cross_attention import BeamableCrossAttentionMixin
 from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
 
 logger = logging.getLogger(__name__)
@@ -205,11 +206,11 @@ def bert_memory(encoder_out: Optional[Dict[str, List[Tensor]]]) -> Dict[str, Lis
     return {"encoder_out": encoder_out["bert_encoder_out"], "encoder_padding_mask": encoder_out["bert_padding_mask"]}
 
 
-class BertFusedDecoder(AugTransformerDecoderBase):
+class BertFusedDecoder(BeamableCrossAttentionMixin, AugTransformerDecoderBase):
     """fairseq's transformer decoder whose layers also attend to BERT (:class:`BertFusedDecoderLayer`).
 
     BERT's output comes from the encoder output (:func:`bert_memory`); incremental decoding
-    caches its keys and values like the encoder's.
+    caches its keys and values like the encoder's, once per sentence in beam search.
     """
 
     def __init__(self, cfg, dictionary, embed_tokens, bert_dim: int, dropnet: float):
@@ -225,6 +226,9 @@ class BertFusedDecoder(AugTransformerDecoderBase):
                          **kwargs):
         if encoder_out_aug is None:
             encoder_out_aug = bert_memory(encoder_out)
+        memories = [encoder_out["encoder_out"][0] if encoder_out["encoder_out"] else None,
+                    encoder_out_aug["encoder_out"][0]]
+        self.use_beamable_cross_attention(prev_output_tokens, memories, incremental_state)
         return super().extract_features(prev_output_tokens, encoder_out, encoder_out_aug, incremental_state, **kwargs)
 
 
@@ -294,6 +298,10 @@ class BertFusedModel(TransformerModel):
             # rebuilds the model from their configuration without reading the text-only one again
             args.warmstart_from = None
         return model
+
+    def set_beam_size(self, beam_size):
+        """Beam search: the decoder projects each sentence's memories once, not once per hypothesis."""
+        self.decoder.set_beam_size(beam_size)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, bert_tokens: Optional[Tensor] = None,
                 return_all_hiddens: bool = True, features_only: bool = False,

@@ -12,27 +12,26 @@ from fairseq.models.transformer import TransformerDecoder, TransformerModel, bas
 
 from vlp_mmt_fairseq.bert_export import export_encoder, read_encoder_state
 from vlp_mmt_fairseq.bert_loading import load_bert_model
+from vlp_mmt_fairseq.models.beamable_cross_attention import BeamableCrossAttentionMixin
 from vlp_mmt_fairseq.models.frozen_encoder_cache import FrozenEncoderCache
 from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
 
 logger = logging.getLogger(__name__)
 
 
-class CrossAttentionQueryDecoder(TransformerDecoder):
+class CrossAttentionQueryDecoder(BeamableCrossAttentionMixin, TransformerDecoder):
     """fairseq's TransformerDecoder that can also return each layer's cross-attention query.
 
     With the queries come the keys and values the layer projected from the encoder output, so the
     modality loss attends with them without projecting the encoder output again.
 
     In beam search the cross-attention projects the keys and values once per sentence rather than
-    once per hypothesis (fairseq's beamable encoder-decoder attention), and keeps that cache as it
-    is while hypotheses move within their sentence's beam.
+    once per hypothesis (:class:`BeamableCrossAttentionMixin`).
     """
 
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
         self._captured = None
-        self.generation_beam_size = 1
         for layer in self.layers:
             layer.encoder_attn.register_forward_pre_hook(self._capture_query, with_kwargs=True)
             layer.encoder_attn.k_proj.register_forward_hook(self._capture_projection("cross_attn_keys"))
@@ -48,31 +47,10 @@ class CrossAttentionQueryDecoder(TransformerDecoder):
                 self._captured[name].append(output)  # S x B x C
         return capture
 
-    def set_beam_size(self, beam_size):
-        """Called by fairseq's SequenceGenerator; used only while decoding incrementally."""
-        self.generation_beam_size = beam_size
-
-    def _cross_attention_beam(self, prev_output_tokens, encoder_out, incremental_state) -> int:
-        """How many consecutive rows of the encoder output are copies of one sentence's memory.
-
-        A full forward (training, validation loss, scoring) has one row per sentence. Beam search
-        expands each sentence's memory to ``beam`` identical rows; the first step checks that they
-        are, and later steps keep its answer.
-        """
-        if incremental_state is None:
-            return 1
-        if prev_output_tokens.size(1) > 1:
-            return getattr(self, "_beam_size", 1)
-        beam = self.generation_beam_size
-        memory = encoder_out["encoder_out"][0] if encoder_out and encoder_out["encoder_out"] else None
-        if beam <= 1 or memory is None or memory.size(1) % beam:
-            return 1
-        grouped = memory.reshape(memory.size(0), -1, beam, memory.size(2))  # S x B x beam x C
-        return beam if torch.equal(grouped, grouped[:, :, :1].expand_as(grouped)) else 1
-
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False,
                 return_cross_attn_queries: bool = False, **kwargs):
-        super().set_beam_size(self._cross_attention_beam(prev_output_tokens, encoder_out, incremental_state))
+        memory = encoder_out["encoder_out"][0] if encoder_out and encoder_out["encoder_out"] else None
+        self.use_beamable_cross_attention(prev_output_tokens, [memory], incremental_state)
         if not return_cross_attn_queries:
             return super().forward(prev_output_tokens, encoder_out=encoder_out,
                                    incremental_state=incremental_state, features_only=features_only, **kwargs)
