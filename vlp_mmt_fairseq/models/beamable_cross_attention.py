@@ -22,7 +22,8 @@ def rows_are_beam_copies(memory: Tensor, beam: int) -> bool:
 
 class BeamableCrossAttentionMixin:
     """For a ``FairseqIncrementalDecoder``: call :meth:`use_beamable_cross_attention` at the start of
-    each forward with the memories its cross-attentions read (encoder outputs, ``S x N x C``).
+    each forward with the encoder outputs its cross-attentions read (fairseq's dicts, whose
+    ``encoder_out`` is ``[S x N x C]``).
 
     The per-sentence projection applies only while decoding incrementally, and only when the first
     step finds that the memory rows really are ``beam`` copies; later steps keep that answer. A full
@@ -35,7 +36,8 @@ class BeamableCrossAttentionMixin:
         """Called by fairseq's SequenceGenerator (through the model) before it decodes."""
         self.generation_beam_size = beam_size
 
-    def use_beamable_cross_attention(self, prev_output_tokens: Tensor, memories: List[Optional[Tensor]],
+    def use_beamable_cross_attention(self, prev_output_tokens: Tensor,
+                                     encoder_outs: List[Optional[Dict[str, List[Tensor]]]],
                                      incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]]):
         if incremental_state is None:
             beam = 1
@@ -43,7 +45,7 @@ class BeamableCrossAttentionMixin:
             beam = getattr(self, "_beam_size", 1)  # what the first step chose
         else:
             beam = self.generation_beam_size
-            present = [m for m in memories if m is not None]
+            present = [out["encoder_out"][0] for out in encoder_outs if out and out["encoder_out"]]
             if beam > 1 and not (present and all(rows_are_beam_copies(m, beam) for m in present)):
                 beam = 1
         # fairseq's FairseqIncrementalDecoder.set_beam_size hands it to every MultiheadAttention

@@ -226,9 +226,7 @@ class BertFusedDecoder(BeamableCrossAttentionMixin, AugTransformerDecoderBase):
                          **kwargs):
         if encoder_out_aug is None:
             encoder_out_aug = bert_memory(encoder_out)
-        memories = [encoder_out["encoder_out"][0] if encoder_out["encoder_out"] else None,
-                    encoder_out_aug["encoder_out"][0]]
-        self.use_beamable_cross_attention(prev_output_tokens, memories, incremental_state)
+        self.use_beamable_cross_attention(prev_output_tokens, [encoder_out, encoder_out_aug], incremental_state)
         return super().extract_features(prev_output_tokens, encoder_out, encoder_out_aug, incremental_state, **kwargs)
 
 

@@ -49,8 +49,7 @@ class CrossAttentionQueryDecoder(BeamableCrossAttentionMixin, TransformerDecoder
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False,
                 return_cross_attn_queries: bool = False, **kwargs):
-        memory = encoder_out["encoder_out"][0] if encoder_out and encoder_out["encoder_out"] else None
-        self.use_beamable_cross_attention(prev_output_tokens, [memory], incremental_state)
+        self.use_beamable_cross_attention(prev_output_tokens, [encoder_out], incremental_state)
         if not return_cross_attn_queries:
             return super().forward(prev_output_tokens, encoder_out=encoder_out,
                                    incremental_state=incremental_state, features_only=features_only, **kwargs)
