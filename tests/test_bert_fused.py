@@ -12,7 +12,7 @@ from fairseq.models.transformer import TransformerConfig
 
 from beam_search import assert_beam_search_matches_full_recompute, make_outputs_peaked
 from conftest import run_cli
-from vlp_mmt_fairseq.models.bert_fused import BertFusedDecoderLayer, BertFusedEncoderLayer
+from vlp_mmt_fairseq.modules.bert_fused_layers import BertFusedDecoderLayer, BertFusedEncoderLayer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 USER_DIR = REPO_ROOT / "vlp_mmt_fairseq"

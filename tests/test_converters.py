@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vlp_mmt_fairseq.data.feature_store import FeatureStore
-from vlp_mmt_fairseq.data.synthetic_features import (
+from vlp_mmt_fairseq.features.synthetic_features import (
     concept_prototype,
     has_key_code,
     key_code,

@@ -41,7 +41,7 @@ def vlp_export(tiny_bert_dir, tmp_path_factory):
     from transformers import BertModel
 
     from vlp_mmt_fairseq.bert_export import export_encoder
-    from vlp_mmt_fairseq.models.multimodal_bert_encoder import VisualProjection
+    from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
 
     bert = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False)
     torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_cache_directory_is_reused_by_a_later_run(toy_data, toy_corpus, tiny_ber
     (["--frozen-bert-dropout", "--no-images", "--modality-loss", "off"], "frozen-bert-dropout"),
 ])
 def test_cache_refuses_when_bert_output_can_change(toy_data, toy_corpus, tiny_bert_dir, extra, message):
-    from vlp_mmt_fairseq.models.frozen_encoder_cache import FrozenEncoderCacheError
+    from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCacheError
 
     _, task, trainer = build_trainer(stage1_args(toy_data, toy_corpus, tiny_bert_dir, "--cache-frozen-encoder",
                                                  *extra))
@@ -127,7 +127,7 @@ def test_cache_needs_frozen_bert(tiny_bert_dir):
     from transformers import BertModel
 
     from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
-    from vlp_mmt_fairseq.models.frozen_encoder_cache import FrozenEncoderCache, FrozenEncoderCacheError
+    from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache, FrozenEncoderCacheError
     from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
 
     dictionary = BertDictionary(str(tiny_bert_dir / "vocab.txt"))

@@ -10,7 +10,7 @@ import torch
 from conftest import run_cli
 from vlp_mmt_fairseq.compat import register_safe_checkpoint_globals
 from vlp_mmt_fairseq.data.feature_store import read_image_index
-from vlp_mmt_fairseq.data.synthetic_features import write_synthetic_store
+from vlp_mmt_fairseq.features.synthetic_features import write_synthetic_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 USER_DIR = str(REPO_ROOT / "vlp_mmt_fairseq")

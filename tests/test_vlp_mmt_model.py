@@ -11,7 +11,7 @@ from fairseq.logging import metrics
 from fairseq.sequence_generator import SequenceGenerator
 
 from beam_search import assert_beam_search_matches_full_recompute, make_outputs_peaked
-from vlp_mmt_fairseq.models.multimodal_bert_encoder import PositionKind
+from vlp_mmt_fairseq.modules.text_packing import PositionKind
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,8 @@ def manual_attention(attn, query, memory, keep):
 
 
 def test_modality_loss_matches_hand_computation(toy_data, toy_corpus, tiny_bert_dir):
-    task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir)
+    # the literal Eq. 5 (no prior); the default prior form is checked in tests/test_modality_loss.py
+    task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-gate", "literal")
     with torch.no_grad():  # make lambda non-trivial
         for w in (criterion.gate.w_y, criterion.gate.w_x, criterion.gate.w_v):
             w.normal_(0, 0.5)

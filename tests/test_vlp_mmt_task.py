@@ -10,7 +10,7 @@ from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from vlp_mmt_fairseq.data.feature_store import image_key_from_line, read_image_index
-from vlp_mmt_fairseq.data.synthetic_features import has_key_code, write_synthetic_store
+from vlp_mmt_fairseq.features.synthetic_features import has_key_code, write_synthetic_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 USER_DIR = str(REPO_ROOT / "vlp_mmt_fairseq")

@@ -1,7 +1,7 @@
 """Vision-language pre-training (task vlp_pretrain), --load-vlp and the Hugging Face export.
 
 The planted-structure run trains with the real fairseq-train on a synthetic corpus whose images
-determine some caption words (vlp_mmt_fairseq.data.synthetic_captions), then evaluates the
+determine some caption words (tests/synthetic_captions.py), then evaluates the
 checkpoint in process on held-out images.
 """
 import json
@@ -18,7 +18,7 @@ from fairseq.data import data_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from conftest import REPO_ROOT, run_cli
-from vlp_mmt_fairseq.data import synthetic_captions as planted
+import synthetic_captions as planted
 from vlp_mmt_fairseq.data.bert_dictionary import BERT_SPECIALS
 
 USER_DIR = str(REPO_ROOT / "vlp_mmt_fairseq")

@@ -5,7 +5,7 @@ An exported directory holds::
     config.json, model.safetensors     BERT (``BertModel.save_pretrained``; no pooler)
     vocab.txt, tokenizer*.json         the tokenizer of the ``--bert-model`` it was trained from
     visual_projection.pt               FFN(v): {"feature_dim", "hidden_size", "state_dict"} for
-                                       models.multimodal_bert_encoder.VisualProjection (absent
+                                       modules.visual_projection.VisualProjection (absent
                                        when the encoder had no image input)
     vlp_export.json                    where the weights came from
 
@@ -18,6 +18,8 @@ import shutil
 from typing import Dict, Optional, Tuple
 
 import torch
+
+from vlp_mmt_fairseq.file_utils import atomic_dir
 
 VISUAL_FILE = "visual_projection.pt"
 INFO_FILE = "vlp_export.json"
@@ -39,9 +41,7 @@ def export_encoder(bert, visual: Optional[torch.nn.Module], out_dir: str, bert_m
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not force:
         raise ExportError(f"{out_dir}: already exists (pass --force to replace it)")
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         bert.save_pretrained(tmp)
         load_bert_tokenizer(bert_model).save_pretrained(tmp)
         shutil.copy(bert_vocab_file(bert_model), os.path.join(tmp, "vocab.txt"))  # the ids, for --bert-model DIR
@@ -54,11 +54,6 @@ def export_encoder(bert, visual: Optional[torch.nn.Module], out_dir: str, bert_m
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump({"source": source, "bert_model": bert_model, "visual_projection": visual is not None}, f,
                       indent=2)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -18,6 +18,10 @@
    readable checkpoint.
 5. bf16 on GPUs. fairseq 0.12 ties ``--bf16`` to TPUs; :func:`allow_bf16_without_tpu` keeps the
    GPU (or CPU) when torch_xla is not installed.
+6. A quieter start. Importing fairseq's tasks logs "Please install tensorboardX" (for its speech
+   tasks); :func:`hide_tensorboardx_note` drops that line from the plugin's own commands.
+
+:func:`apply` applies 3-6 only on the fairseq releases that have these problems (0.12.x).
 """
 import argparse
 import collections
@@ -178,28 +182,8 @@ def checkpoint_problem(path: str) -> typing.Optional[str]:
     return f"corrupt member {bad}" if bad else None
 
 
-def atomic_copy(src: str, dst: str) -> str:
-    """Copy ``src`` to ``dst`` through a synced temporary file and a rename: ``dst`` is never partial."""
-    import os
-    import shutil
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(dst)))
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as source:
-            shutil.copyfileobj(source, out, 16 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, os.stat(src).st_mode & 0o777)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dst
-
-
-def newest_readable_checkpoint(save_dir: str, suffix: str = "", skip: typing.Sequence[str] = ()) -> typing.Optional[str]:
+def newest_readable_checkpoint(save_dir: str, suffix: str = "",
+                               skip: typing.Sequence[str] = ()) -> typing.Optional[str]:
     """The most recently written complete ``checkpoint*{suffix}.pt`` of ``save_dir``."""
     import glob
     import os
@@ -222,6 +206,8 @@ class _AtomicCopyPathManager:
     def copy(self, src_path: str, dst_path: str, overwrite: bool = False) -> bool:
         if "://" in src_path or "://" in dst_path:
             return self._path_manager.copy(src_path, dst_path, overwrite)
+        from vlp_mmt_fairseq.file_utils import atomic_copy
+
         return bool(atomic_copy(src_path, dst_path))
 
     def __getattr__(self, name):
@@ -322,9 +308,56 @@ def allow_bf16_without_tpu() -> None:
     distributed_utils.call_main = call_main
 
 
+# ----------------------------------------------------------------------------- quieter logs
+
+
+def _not_tensorboardx_note(record) -> bool:
+    return "tensorboardX" not in record.getMessage()
+
+
+def hide_tensorboardx_note() -> None:
+    """Drop the "Please install tensorboardX" line that importing fairseq's tasks logs (an optional extra
+    of its speech tasks; the plugin never uses it). Works for whatever imports fairseq after the plugin."""
+    import logging
+
+    logging.getLogger("fairseq.tasks.text_to_speech").addFilter(_not_tensorboardx_note)
+
+
+# ----------------------------------------------------------------------------- applying the fixes
+
+#: the fairseq releases whose behaviour the fixes above were written against (0.12.2, fairseq-fixed 0.12.3.1)
+AFFECTED_FAIRSEQ = (0, 12)
+
+
+def fairseq_version() -> typing.Tuple[int, ...]:
+    """The installed fairseq's version as integers (``0.12.3.1`` -> ``(0, 12, 3, 1)``), without importing it."""
+    from importlib import metadata
+
+    for name in ("fairseq-fixed", "fairseq"):
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        return tuple(int(part) for part in version.split("+")[0].split(".") if part.isdigit())
+    return ()
+
+
+def fairseq_needs_fixes(version: typing.Optional[typing.Tuple[int, ...]] = None) -> bool:
+    """Whether fairseq is a release with the problems above (0.12.x); newer ones are left alone."""
+    version = fairseq_version() if version is None else version
+    return not version or version[:2] <= AFFECTED_FAIRSEQ
+
+
 def apply() -> None:
-    """Every fix of this module; the package applies them when it is imported."""
+    """Every fix this fairseq needs; the package applies them when it is imported.
+
+    The checkpoint allow-list depends on torch (only torch >= 2.6 loads with ``weights_only=True``,
+    and only torch >= 2.4 has ``add_safe_globals``), the others on fairseq's version. The lost-sentence
+    fix is no patch: the project's datasets call :func:`restore_dropped_sentences` themselves.
+    """
     register_safe_checkpoint_globals()
-    show_plugin_options_in_help()
-    make_checkpoints_crash_safe()
-    allow_bf16_without_tpu()
+    if fairseq_needs_fixes():
+        hide_tensorboardx_note()
+        show_plugin_options_in_help()
+        make_checkpoints_crash_safe()
+        allow_bf16_without_tpu()

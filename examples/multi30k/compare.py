@@ -23,14 +23,12 @@ import signal
 import sys
 import time
 
+import recipe  # this folder's modules: Python puts a script's own folder first on its path
+from budgets import BUDGETS
+from steps import StepError, StepRunner, order_steps, python_env, shell_command, step_dirs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(1, REPO)
-
-import recipe  # noqa: E402
-from budgets import BUDGETS  # noqa: E402
-from steps import StepError, StepRunner, order_steps, python_env, shell_command, step_dirs  # noqa: E402
 
 DEFAULT_MULTI30K = os.environ.get("MULTI30K_DIR") or os.path.join(os.path.dirname(REPO), "shared", "multi30k")
 

@@ -16,10 +16,8 @@ import re
 import sys
 from typing import Dict, List
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from vlp_mmt_fairseq.data.feature_store import atomic_output, image_key_from_line  # noqa: E402
+from vlp_mmt_fairseq.data.feature_store import image_key_from_line
+from vlp_mmt_fairseq.file_utils import atomic_output
 
 #: function words that no detector would name
 STOPWORDS = frozenset(

@@ -21,27 +21,10 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional
 
-
-@contextmanager
-def atomic_output(path: str):
-    """Yield a temporary path beside ``path``, renamed onto it only on success.
-
-    The same contract as ``vlp_mmt_fairseq.data.feature_store.atomic_output``, here so that the
-    comparison's own bookkeeping does not import the plugin (which loads fairseq, seconds per call).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from vlp_mmt_fairseq.file_utils import atomic_output
 
 
 PLACEHOLDER = re.compile(r"\{([A-Z0-9_]+)\}")

@@ -11,10 +11,7 @@ import shutil
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from vlp_mmt_fairseq.bert_loading import BertModelNotFound, load_bert_model, load_bert_tokenizer  # noqa: E402
+from vlp_mmt_fairseq.bert_loading import BertModelNotFound, load_bert_model, load_bert_tokenizer
 
 
 def write_vocab(tokenizer, path: str) -> None:

@@ -1,9 +1,9 @@
 """Quickstart: does the image help translate an ambiguous word? Offline, on the CPU, in minutes.
 
-1. Generate the toy ambiguity corpus (``preprocess/make_toy_ambiguity.py``): each English sentence
+1. Generate the toy ambiguity corpus (``vlp-mmt-make-toy-ambiguity``): each English sentence
    holds one ambiguous word (bank, bat, glasses, ...) whose German translation depends on a sense
    planted in the image's region features only (the tags name other objects).
-2. Prepare it like Multi30K (``preprocess/prepare_multi30k.py``).
+2. Prepare it like Multi30K (``vlp-mmt-prepare-multi30k``).
 3. Train, with the bundled MiniLM as the BERT (stage 1: BERT frozen), a text-only model
    (``--no-images``) and a multimodal one (regions, tags and the modality loss).
 4. Translate the test set with ``fairseq-generate --beam 5``: text-only, multimodal with the right
@@ -23,18 +23,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.dirname(sys.executable)
 
 
-def run(args, log=None):
-    """Run one command (echoed); stop with its output if it fails."""
+def run(args, log=None, progress=None):
+    """Run one command (echoed); stop with its output if it fails.
+
+    Its output goes to ``log``; the lines that ``progress`` accepts are also shown, shortened.
+    """
     args = [str(a) for a in args]
     print("+ " + " ".join(shlex.quote(a) for a in args), flush=True)
-    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            lines.append(line)
+            if progress is not None and progress(line):
+                print("    " + line.split(" | ", 1)[-1].strip()[:110], flush=True)
+    output = "".join(lines)
     if log:
         with open(log, "w", encoding="utf-8") as f:
-            f.write(result.stdout)
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout[-5000:])
-        sys.exit(f"command failed with exit code {result.returncode}")
-    return result.stdout
+            f.write(output)
+    if process.returncode != 0:
+        sys.stderr.write(output[-5000:])
+        sys.exit(f"command failed with exit code {process.returncode}")
+    return output
+
+
+def training_progress(line: str) -> bool:
+    """fairseq-train's log lines worth showing: the running loss and each validation."""
+    return "| INFO | train_inner |" in line or "| INFO | valid |" in line
 
 
 def train(data, corpus, save_dir, args, multimodal):
@@ -50,7 +64,7 @@ def train(data, corpus, save_dir, args, multimodal):
          "--warmup-updates", "50", "--max-tokens", "2000", "--max-update", args.max_update,
          "--save-dir", save_dir, "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
          "--log-format", "simple", "--log-interval", "20", "--seed", "1", "--cpu"],
-        log=os.path.join(save_dir + ".log"))
+        log=os.path.join(save_dir + ".log"), progress=training_progress)
 
 
 def translate(data, corpus, checkpoint, args, out, extra):
@@ -64,7 +78,7 @@ def translate(data, corpus, checkpoint, args, out, extra):
 def score(out, data, senses):
     import logging
 
-    logging.disable(logging.WARNING)  # sacreBLEU warns about the toy's tokenized periods; they are in the references too
+    logging.disable(logging.WARNING)  # sacreBLEU warns of the toy's tokenized periods; the references have them too
     from vlp_mmt_fairseq.evaluation.ambiguity import sense_accuracy
     from vlp_mmt_fairseq.evaluation.bleu import detokenized_bleu
     from vlp_mmt_fairseq.evaluation.generate_output import read_detokenized_hypotheses
@@ -90,10 +104,10 @@ def main():
     out = Path(args.out).resolve()
     corpus, data = out / "corpus", out / "data"
     if not (corpus / "features.h5").exists():
-        run([sys.executable, os.path.join(REPO, "preprocess", "make_toy_ambiguity.py"), "--out", corpus,
+        run([os.path.join(BIN, "vlp-mmt-make-toy-ambiguity"), "--out", corpus,
              "--train", args.train, "--valid", 200, "--test", 300, "--regions", args.regions])
     if not (data / "bert").exists():
-        run([sys.executable, os.path.join(REPO, "preprocess", "prepare_multi30k.py"), "--multi30k-dir", corpus,
+        run([os.path.join(BIN, "vlp-mmt-prepare-multi30k"), "--multi30k-dir", corpus,
              "--out", data, "--spm-vocab-size", 400, "--spm-vocab-size-src", 400])
     train(data, corpus, str(out / "text_only"), args, multimodal=False)
     train(data, corpus, str(out / "multimodal"), args, multimodal=True)

@@ -172,7 +172,7 @@ def save_checkpoint_atomically(state: dict, path: str) -> None:
     """``torch.save`` to a temporary file beside ``path``, renamed onto it when complete."""
     import torch
 
-    from vlp_mmt_fairseq.data.feature_store import atomic_output
+    from vlp_mmt_fairseq.file_utils import atomic_output
 
     with atomic_output(path, suffix=".pt") as tmp:
         torch.save(state, tmp)

@@ -45,7 +45,7 @@ def build_encoder_parts(state, bert_model: str, path: str):
     from transformers import BertModel
 
     from vlp_mmt_fairseq.bert_loading import load_bert_config
-    from vlp_mmt_fairseq.models.multimodal_bert_encoder import VisualProjection
+    from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
 
     config = load_bert_config(bert_model)
     bert = BertModel(config, add_pooling_layer=False)

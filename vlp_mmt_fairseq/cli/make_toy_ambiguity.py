@@ -15,17 +15,11 @@ Output, in the layout of Multi30K's ``data/task1`` (so ``prepare_multi30k.py`` r
 import argparse
 import gzip
 import os
-import sys
 
 import numpy as np
 
-try:
-    import vlp_mmt_fairseq  # noqa: F401
-except ImportError:  # running from a clone without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vlp_mmt_fairseq.data.feature_store import atomic_output  # noqa: E402
-from vlp_mmt_fairseq.data.synthetic_features import write_synthetic_store  # noqa: E402
+from vlp_mmt_fairseq.file_utils import atomic_output
+from vlp_mmt_fairseq.features.synthetic_features import write_synthetic_store
 
 # ambiguous English word -> {sense concept: German translation}; k = 2 senses each
 AMBIGUOUS = {

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Convert a directory of per-image ``.npz`` detector files to a feature store.
 
 One file per image, as the bottom-up-attention feature extractors write them (for example
@@ -33,21 +32,16 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-try:
-    import vlp_mmt_fairseq  # noqa: F401
-except ImportError:  # run from a clone without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from vlp_mmt_fairseq.data.detector_outputs import (  # noqa: E402
+from vlp_mmt_fairseq.features.detector_outputs import (
     ConversionError,
     DetectedImage,
     add_store_output_args,
     load_class_names,
     write_detections,
 )
-from vlp_mmt_fairseq.data.feature_store import FeatureStoreError  # noqa: E402
+from vlp_mmt_fairseq.data.feature_store import FeatureStoreError
 
 FEATURE_KEYS = ("x", "features", "feat", "feats")
 BOX_KEYS = ("bbox", "boxes", "bboxes")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Binarize an image-caption corpus (COCO, Conceptual Captions, ...) for ``--task vlp_pretrain``.
 
 Usage::
@@ -22,25 +21,22 @@ a size per caption).
 """
 import argparse
 import gzip
-import importlib.util
 import logging
 import os
 import sys
 from typing import Iterator, List, Tuple
 
-if importlib.util.find_spec("vlp_mmt_fairseq") is None:  # run from a checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from vlp_mmt_fairseq.bert_loading import (  # noqa: E402
+from vlp_mmt_fairseq.bert_loading import (
     BUNDLED_MINILM,
     BertModelNotFound,
     load_bert_config,
     load_bert_tokenizer,
 )
-from vlp_mmt_fairseq.data.feature_store import atomic_output, image_key_from_line  # noqa: E402
+from vlp_mmt_fairseq.data.feature_store import image_key_from_line
+from vlp_mmt_fairseq.file_utils import atomic_output
 
 logger = logging.getLogger("prepare_captions")
 BATCH_SIZE = 1000
@@ -161,7 +157,7 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> None:
+def cli_main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
     try:
@@ -175,4 +171,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Prepare Multi30K (task 1) text for vlp_mmt_fairseq and its text-only baselines.
 
 Usage::
@@ -42,7 +41,6 @@ The BERT-fused baseline reads ``text/`` plus the BERT ids ``bert/{split}.{src}-{
 """
 import argparse
 import gzip
-import importlib.util
 import json
 import logging
 import os
@@ -56,9 +54,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-if importlib.util.find_spec("vlp_mmt_fairseq") is None:  # run from a checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from tqdm import tqdm
 
 from vlp_mmt_fairseq.bert_loading import (
@@ -69,7 +64,8 @@ from vlp_mmt_fairseq.bert_loading import (
     load_bert_tokenizer,
     resolve_bert_path,
 )
-from vlp_mmt_fairseq.data.feature_store import atomic_output, image_key_from_line, write_image_index_npy
+from vlp_mmt_fairseq.data.feature_store import image_key_from_line, write_image_index_npy
+from vlp_mmt_fairseq.file_utils import atomic_output
 
 logger = logging.getLogger("prepare_multi30k")
 

@@ -192,7 +192,7 @@ def format_markdown(scores: dict) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    from vlp_mmt_fairseq.data.feature_store import atomic_output
+    from vlp_mmt_fairseq.file_utils import atomic_output
 
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

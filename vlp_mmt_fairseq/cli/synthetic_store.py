@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Write a synthetic feature store with planted concepts (see vlp_mmt_fairseq/data/synthetic_features.py).
+"""Write a synthetic feature store with planted concepts (see vlp_mmt_fairseq/features/synthetic_features.py).
 
 Usage::
 
@@ -14,17 +13,11 @@ Usage::
 image-index line such as ``1000092795.jpg``).
 """
 import argparse
-import os
 import sys
 from typing import Dict, List
 
-try:
-    import vlp_mmt_fairseq  # noqa: F401
-except ImportError:  # run from a clone without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vlp_mmt_fairseq.data.feature_store import FeatureStoreError, image_key_from_line  # noqa: E402
-from vlp_mmt_fairseq.data.synthetic_features import write_synthetic_store  # noqa: E402
+from vlp_mmt_fairseq.data.feature_store import FeatureStoreError, image_key_from_line
+from vlp_mmt_fairseq.features.synthetic_features import write_synthetic_store
 
 
 def keys_from_index_files(paths) -> List[str]:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Convert bottom-up-attention TSV files (the layout LXMERT and Oscar distribute) to a feature store.
 
 Each line holds one image in ten tab-separated columns::
@@ -23,21 +22,16 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-try:
-    import vlp_mmt_fairseq  # noqa: F401
-except ImportError:  # run from a clone without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from vlp_mmt_fairseq.data.detector_outputs import (  # noqa: E402
+from vlp_mmt_fairseq.features.detector_outputs import (
     ConversionError,
     DetectedImage,
     add_store_output_args,
     load_class_names,
     write_detections,
 )
-from vlp_mmt_fairseq.data.feature_store import FeatureStoreError  # noqa: E402
+from vlp_mmt_fairseq.data.feature_store import FeatureStoreError
 
 COLUMNS = (
     "img_id", "img_h", "img_w", "objects_id", "objects_conf",

@@ -17,7 +17,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq import checkpoint_utils
-from fairseq.distributed import fsdp_wrap
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import (
     DEFAULT_MAX_SOURCE_POSITIONS,
@@ -29,92 +28,15 @@ from fairseq.models.transformer import (
     tiny_architecture,
 )
 from fairseq.models.transformer.transformer_decoder_aug import AugTransformerDecoderBase
-from fairseq.modules import MultiheadAttention
-from fairseq.modules.checkpoint_activations import checkpoint_wrapper
-from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
-from fairseq.modules.transformer_layer_aug import AugTransformerDecoderLayerBase
 from torch import Tensor
 
 from vlp_mmt_fairseq.bert_loading import load_bert_model
-from vlp_mmt_fairseq.models.beamable_cross_attention import BeamableCrossAttentionMixin
+from vlp_mmt_fairseq.dataclass.configs import BertEncoderConfig, add_dataclass_args
 from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
+from vlp_mmt_fairseq.modules.beamable_cross_attention import BeamableCrossAttentionMixin
+from vlp_mmt_fairseq.modules.bert_fused_layers import BertFusedDecoderLayer, BertFusedEncoderLayer, wrap_layer
 
 logger = logging.getLogger(__name__)
-
-
-def dropnet_weights(p: float, training: bool) -> Tuple[float, float]:
-    """Drop-net: the weights of (the layer's own attention, its BERT attention).
-
-    Training: (1, 0) with probability p/2, (0, 1) with probability p/2, else (0.5, 0.5).
-    Inference: (0.5, 0.5). One draw per layer and forward pass, as in the paper.
-    """
-    if training and p > 0:
-        u = float(torch.rand(()))
-        if u < p / 2:
-            return 1.0, 0.0
-        if u >= 1 - p / 2:
-            return 0.0, 1.0
-    return 0.5, 0.5
-
-
-def bert_attention(embed_dim: int, heads: int, bert_dim: int, cfg) -> MultiheadAttention:
-    """Attention from the NMT's states (queries) to BERT's output (keys and values)."""
-    return MultiheadAttention(
-        embed_dim, heads, kdim=bert_dim, vdim=bert_dim, dropout=cfg.attention_dropout,
-        encoder_decoder_attention=True, q_noise=cfg.quant_noise.pq, qn_block_size=cfg.quant_noise.pq_block_size,
-    )
-
-
-def wrap_layer(layer, cfg):
-    """Activation checkpointing and FSDP wrapping, as fairseq's transformer does for its layers."""
-    if cfg.checkpoint_activations:
-        layer = checkpoint_wrapper(layer, offload_to_cpu=cfg.offload_activations)
-    min_params_to_wrap = cfg.min_params_to_wrap if not cfg.checkpoint_activations else 0
-    return fsdp_wrap(layer, min_num_params=min_params_to_wrap)
-
-
-# ---------------------------------------------------------------------------------------- encoder
-
-
-class BertFusedEncoderLayer(TransformerEncoderLayerBase):
-    """fairseq's encoder layer whose self-attention is mixed with a BERT-encoder attention.
-
-    ``h = drop-net(self_attn(x), bert_attn(x, BERT))``, then the residual, layer norm and FFN of
-    the stock layer.
-    """
-
-    def __init__(self, cfg, bert_dim: int, dropnet: float):
-        super().__init__(cfg)
-        self.bert_attn = bert_attention(self.embed_dim, cfg.encoder.attention_heads, bert_dim, cfg)
-        self.dropnet = dropnet
-
-    def forward(self, x, encoder_padding_mask: Optional[Tensor], bert_out: Tensor,
-                bert_padding_mask: Optional[Tensor]):
-        """x: T x B x C; bert_out: S' x B x H; masks: B x T and B x S', True at padding."""
-        residual = x
-        if self.normalize_before:
-            x = self.self_attn_layer_norm(x)
-        own, _ = self.self_attn(query=x, key=x, value=x, key_padding_mask=encoder_padding_mask, need_weights=False)
-        fused, _ = self.bert_attn(query=x, key=bert_out, value=bert_out, key_padding_mask=bert_padding_mask,
-                                  need_weights=False)
-        w_own, w_bert = dropnet_weights(self.dropnet, self.training)
-        x = w_own * self.dropout_module(own) + w_bert * self.dropout_module(fused)
-        x = self.residual_connection(x, residual)
-        if not self.normalize_before:
-            x = self.self_attn_layer_norm(x)
-        return self.feed_forward(x)
-
-    def feed_forward(self, x):
-        """The stock layer's FFN block: FFN, dropout, residual, layer norm."""
-        residual = x
-        if self.normalize_before:
-            x = self.final_layer_norm(x)
-        x = self.activation_dropout_module(self.activation_fn(self.fc1(x)))
-        x = self.dropout_module(self.fc2(x))
-        x = self.residual_connection(x, residual)
-        if not self.normalize_before:
-            x = self.final_layer_norm(x)
-        return x
 
 
 class BertFusedEncoder(TransformerEncoderBase):
@@ -177,28 +99,6 @@ class BertFusedEncoder(TransformerEncoderBase):
 # ---------------------------------------------------------------------------------------- decoder
 
 
-class BertFusedDecoderLayer(AugTransformerDecoderLayerBase):
-    """fairseq's decoder layer with a second, parallel cross-attention over BERT's output.
-
-    fairseq's "augmented" layer in ``parallel`` mode computes
-    ``w1 * encoder_attn(x, encoder) + w2 * encoder_attn2(x, memory2)`` with drop-net weights;
-    here ``encoder_attn2`` (alias :attr:`bert_attn`) attends to BERT (kdim/vdim = BERT's hidden
-    size) and the weights follow the paper (:func:`dropnet_weights`).
-    """
-
-    def __init__(self, cfg, bert_dim: int, dropnet: float):
-        super().__init__(cfg, encoder_attn_merge_type="parallel", dropnet_ratio=dropnet / 2)
-        self.encoder_attn2 = bert_attention(self.embed_dim, cfg.decoder.attention_heads, bert_dim, cfg)
-        self.dropnet = dropnet
-
-    @property
-    def bert_attn(self) -> MultiheadAttention:
-        return self.encoder_attn2
-
-    def get_dropnet_ratio(self):
-        return list(dropnet_weights(self.dropnet, self.training))
-
-
 def bert_memory(encoder_out: Optional[Dict[str, List[Tensor]]]) -> Dict[str, List[Tensor]]:
     """BERT's output, from :class:`BertFusedEncoder`'s output, as a second encoder output."""
     if encoder_out is None or "bert_encoder_out" not in encoder_out:
@@ -249,6 +149,7 @@ class BertFusedModel(TransformerModel):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)  # fairseq's transformer options
+        add_dataclass_args(parser, BertEncoderConfig())
         parser.add_argument("--dropnet", type=float, metavar="P",
                             help="drop-net rate p_net in [0, 1]: in training, each layer uses only its own "
                                  "attention with probability P/2 and only the BERT attention with P/2, else "
@@ -256,9 +157,6 @@ class BertFusedModel(TransformerModel):
                                  "recipe; their --encoder-bert-dropout-ratio is P/2)")
         parser.add_argument("--finetune-bert", action="store_true",
                             help="train BERT too (default: BERT is frozen, as in the authors' code)")
-        parser.add_argument("--frozen-bert-dropout", action="store_true",
-                            help="keep dropout on inside a frozen BERT (default: a frozen BERT runs without "
-                                 "dropout, as a fixed feature extractor)")
         parser.add_argument("--warmstart-from", metavar="PATH", default=None,
                             help="initialise every parameter a text-only transformer checkpoint has (same "
                                  "sizes and layer counts) from it; BERT and the BERT attentions stay as built")
@@ -270,7 +168,7 @@ class BertFusedModel(TransformerModel):
             raise ValueError("--arch bert_fused_* needs --task bert_fused_translation (batches with bert_tokens)")
         if not 0.0 <= args.dropnet <= 1.0:
             raise ValueError(f"--dropnet {args.dropnet}: must lie in [0, 1]")
-        bert_model = load_bert_model(task.cfg.bert_model)
+        bert_model = load_bert_model(task.cfg.bert_model, random_init=args.bert_random_init)
         bert = MultimodalBertEncoder(  # its text-only mode: BERT over [CLS] x [SEP], no projection
             task.bert_dictionary, bert_model, feature_dim=None, output_dim=bert_model.config.hidden_size,
             frozen=not args.finetune_bert, frozen_dropout=args.frozen_bert_dropout,
@@ -354,6 +252,7 @@ def bert_fused_base(args):
     args.dropnet = getattr(args, "dropnet", 1.0)
     args.finetune_bert = getattr(args, "finetune_bert", False)
     args.frozen_bert_dropout = getattr(args, "frozen_bert_dropout", False)
+    args.bert_random_init = getattr(args, "bert_random_init", False)
     args.warmstart_from = getattr(args, "warmstart_from", None)
     if getattr(args, "max_source_positions", None) is None:
         args.max_source_positions = DEFAULT_MAX_SOURCE_POSITIONS

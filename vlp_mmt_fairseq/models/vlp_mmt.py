@@ -12,9 +12,10 @@ from fairseq.models.transformer import TransformerDecoder, TransformerModel, bas
 
 from vlp_mmt_fairseq.bert_export import export_encoder, read_encoder_state
 from vlp_mmt_fairseq.bert_loading import load_bert_model
-from vlp_mmt_fairseq.models.beamable_cross_attention import BeamableCrossAttentionMixin
-from vlp_mmt_fairseq.models.frozen_encoder_cache import FrozenEncoderCache
+from vlp_mmt_fairseq.dataclass.configs import BertEncoderConfig, add_dataclass_args
 from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
+from vlp_mmt_fairseq.modules.beamable_cross_attention import BeamableCrossAttentionMixin
+from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,11 @@ class CrossAttentionQueryDecoder(BeamableCrossAttentionMixin, TransformerDecoder
 
     In beam search the cross-attention projects the keys and values once per sentence rather than
     once per hypothesis (:class:`BeamableCrossAttentionMixin`).
+
+    ``return_cross_attn_queries`` is True (all layers) or the indices of the layers whose queries the caller
+    differentiates: with ``--checkpoint-activations`` those layers run unwrapped while grad is on (fairseq
+    runs a checkpointed layer under no_grad, so its captured query would carry no graph); the others stay
+    checkpointed. Gradients are the same as without checkpointing; the memory of those layers is not saved.
     """
 
     def __init__(self, args, dictionary, embed_tokens):
@@ -54,12 +60,21 @@ class CrossAttentionQueryDecoder(BeamableCrossAttentionMixin, TransformerDecoder
             return super().forward(prev_output_tokens, encoder_out=encoder_out,
                                    incremental_state=incremental_state, features_only=features_only, **kwargs)
         self._captured = {"cross_attn_queries": [], "cross_attn_keys": [], "cross_attn_values": []}
+        wanted = range(len(self.layers)) if return_cross_attn_queries is True else return_cross_attn_queries
+        # checkpoint_wrapper keeps the plain forward as precheckpoint_forward; run the wanted layers with it
+        unwrapped = [self.layers[i] for i in wanted
+                     if torch.is_grad_enabled() and hasattr(self.layers[i], "precheckpoint_forward")]
+        saved = [layer.forward for layer in unwrapped]
         try:
+            for layer in unwrapped:
+                layer.forward = layer.precheckpoint_forward
             x, extra = super().forward(prev_output_tokens, encoder_out=encoder_out,
                                        incremental_state=incremental_state, features_only=features_only, **kwargs)
             extra.update(self._captured)  # per layer: queries T x B x C, projected keys and values S x B x C
         finally:
             self._captured = None
+            for layer, forward in zip(unwrapped, saved):
+                layer.forward = forward
         return x, extra
 
 
@@ -74,19 +89,15 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
     @staticmethod
     def add_args(parser):
         TransformerModel.add_args(parser)  # the decoder's options, as fairseq's transformer has them
+        add_dataclass_args(parser, BertEncoderConfig())
         parser.add_argument("--freeze-bert", action="store_true",
                             help="stage 1: freeze BERT (and FFN(v) when it comes from --load-vlp)")
-        parser.add_argument("--frozen-bert-dropout", action="store_true",
-                            help="keep dropout on inside a frozen BERT (default: a frozen BERT runs "
-                                 "without dropout, as a fixed feature extractor)")
         parser.add_argument("--load-vlp", metavar="PATH", default=None,
                             help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint (or a directory "
                                  "written by vlp-mmt-export-bert); the pre-training heads are dropped")
         parser.add_argument("--export-vlp-bert", metavar="DIR", default=None,
                             help="with --load-vlp: also write the loaded encoder as a Hugging Face BERT "
                                  "directory (see vlp-mmt-export-bert)")
-        parser.add_argument("--bert-random-init", action="store_true",
-                            help="BERT's config from --bert-model, but random weights (tests, timing)")
         parser.add_argument("--cache-frozen-encoder", action="store_true",
                             help="stage 1: compute the frozen BERT's output once per sentence and reuse it in "
                                  "later epochs (needs --freeze-bert, and --load-vlp or --no-images)")

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 
 from vlp_mmt_fairseq.bert_loading import load_bert_model, resolve_bert_path
-from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder, PositionKind
+from vlp_mmt_fairseq.dataclass.configs import BertInitConfig, add_dataclass_args
+from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
+from vlp_mmt_fairseq.modules.text_packing import PositionKind
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +97,7 @@ class VlpPretrainModel(BaseFairseqModel):
     def add_args(parser):
         parser.add_argument("--bert-dropout", type=float, metavar="D",
                             help="dropout inside BERT and FFN(v) (default: BERT's config)")
-        parser.add_argument("--bert-random-init", action="store_true",
-                            help="BERT's config from --bert-model, but random weights (tests, timing)")
+        add_dataclass_args(parser, BertInitConfig())
 
     @classmethod
     def build_model(cls, args, task):

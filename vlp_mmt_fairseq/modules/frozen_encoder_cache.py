@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from fairseq.logging import metrics
 
+from vlp_mmt_fairseq.file_utils import atomic_output
+
 
 class FrozenEncoderCacheError(ValueError):
     """The cache would return stale outputs for this model; the message says what trains."""
@@ -168,17 +170,9 @@ class FrozenEncoderCache:
     def _spill(self, key: str, entry: torch.Tensor) -> None:
         if key in self._on_disk:
             return
-        path = self._path(key, create=True)
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npy.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
+        with atomic_output(self._path(key, create=True), suffix=".npy") as tmp:
+            with open(tmp, "wb") as f:
                 np.save(f, (entry.float() if entry.dtype == torch.bfloat16 else entry).numpy())  # bf16: exact
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         self._on_disk.add(key)
 
     def _path(self, key: str, create: bool = False) -> Optional[str]:

@@ -15,21 +15,16 @@ from fairseq.data import data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from vlp_mmt_fairseq.bert_loading import BUNDLED_MINILM, bert_vocab_file
+from vlp_mmt_fairseq.bert_loading import bert_vocab_file
 from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
 from vlp_mmt_fairseq.data.bert_source_pair_dataset import BertSourcePairDataset
+from vlp_mmt_fairseq.dataclass.configs import BertConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class BertFusedTranslationConfig(TranslationConfig):
-    bert_model: str = field(
-        default=BUNDLED_MINILM,
-        metadata={"help": "BERT whose output the model attends to: a local directory, a hub name "
-                          f"(e.g. bert-base-uncased), or '{BUNDLED_MINILM}' (offline MiniLM-L6-H384); "
-                          "must be the one that tokenized the BERT sources"},
-    )
+class BertFusedTranslationConfig(TranslationConfig, BertConfig):
     bert_data: Optional[str] = field(
         default=None,
         metadata={"help": "directory of the BERT-id sources {split}.{src}-{tgt}.{src}.bin/.idx "

@@ -15,34 +15,24 @@ from fairseq.data import Dictionary, data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 
-from vlp_mmt_fairseq.bert_loading import BUNDLED_MINILM, bert_vocab_file, load_bert_tokenizer
+from vlp_mmt_fairseq.bert_loading import bert_vocab_file
 from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
-from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, read_image_index
+from vlp_mmt_fairseq.data.feature_store import (
+    FeatureStore,
+    FeatureStoreError,
+    find_image_index,
+    read_image_index,
+)
 from vlp_mmt_fairseq.data.image_dataset import ImageDataset
 from vlp_mmt_fairseq.data.multimodal_pair_dataset import MultimodalPairDataset
+from vlp_mmt_fairseq.data.tag_encoder import TagEncoder
+from vlp_mmt_fairseq.dataclass.configs import BertConfig, ImageConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class VlpMmtConfig(TranslationConfig):
-    bert_model: str = field(
-        default=BUNDLED_MINILM,
-        metadata={"help": "BERT for the encoder's weights and the source tokenizer: a local directory, a hub "
-                          f"name (e.g. bert-base-uncased), or '{BUNDLED_MINILM}' (offline MiniLM-L6-H384)"},
-    )
-    image_features: Optional[str] = field(
-        default=None, metadata={"help": "HDF5 image-feature store (docs/feature_store.md); needed unless --no-images"}
-    )
-    image_index_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "directory of the image indexes {split}.img.npy or {split}.img.txt "
-                          "(default: the data directory)"},
-    )
-    max_regions: int = field(default=36, metadata={"help": "keep at most this many regions per image, "
-                                                            "highest-scoring first"})
-    max_tags: int = field(default=20, metadata={"help": "keep at most this many object tags per image"})
-    no_tags: bool = field(default=False, metadata={"help": "do not give the object tags t to the encoder"})
+class VlpMmtConfig(TranslationConfig, BertConfig, ImageConfig):
     no_images: bool = field(
         default=False,
         metadata={"help": "text only: no regions and no tags (the BERT-encoder baseline; also the "
@@ -78,7 +68,7 @@ class VlpMmtTask(TranslationTask):
                 raise ValueError("--image-features is required unless --no-images is given")
             self.store = FeatureStore(cfg.image_features, max_regions=cfg.max_regions, max_tags=cfg.max_tags)
             self.feature_dim = self.store.feature_dim
-        self._tokenizer = None
+        self.tag_encoder = TagEncoder(cfg.bert_model)
 
     @property
     def use_images(self) -> bool:
@@ -102,12 +92,7 @@ class VlpMmtTask(TranslationTask):
     # ------------------------------------------------------------------ data
 
     def image_index_path(self, split: str) -> str:
-        directory = self.cfg.image_index_dir or utils.split_paths(self.cfg.data)[0]
-        for ext in ("npy", "txt"):
-            path = os.path.join(directory, f"{split}.img.{ext}")
-            if os.path.exists(path):
-                return path
-        raise FeatureStoreError(f"{directory}: no image index {split}.img.npy or {split}.img.txt")
+        return find_image_index(self.cfg.image_index_dir or utils.split_paths(self.cfg.data)[0], split)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         paths = utils.split_paths(self.cfg.data)
@@ -122,7 +107,8 @@ class VlpMmtTask(TranslationTask):
             truncate_source=self.cfg.truncate_source, num_buckets=self.cfg.num_batch_buckets,
             shuffle=(split != "test"), pad_to_multiple=self.cfg.required_seq_len_multiple,
         )
-        self.datasets[split] = MultimodalPairDataset(pair, self.src_dict.pad(), self.build_image_dataset(split, len(pair)))
+        images = self.build_image_dataset(split, len(pair))
+        self.datasets[split] = MultimodalPairDataset(pair, self.src_dict.pad(), images)
 
     def build_image_dataset(self, split: str, num_sentences: int) -> Optional[ImageDataset]:
         """The images of a split, checked against the number of sentences."""
@@ -137,19 +123,8 @@ class VlpMmtTask(TranslationTask):
             )
         if self.cfg.shuffle_images_seed is not None:
             keys = keys[np.random.RandomState(self.cfg.shuffle_images_seed).permutation(len(keys))]
-        tag_encoder = None if self.cfg.no_tags else self.encode_tag
+        tag_encoder = None if self.cfg.no_tags else self.tag_encoder
         return ImageDataset(keys, self.store, tag_encoder, sep=self.src_dict.eos(), pad=self.src_dict.pad())
-
-    def encode_tag(self, tag: str):
-        """WordPiece ids of one object tag, without specials."""
-        if self._tokenizer is None:
-            self._tokenizer = load_bert_tokenizer(self.cfg.bert_model)
-        return self._tokenizer(tag, add_special_tokens=False)["input_ids"]
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_tokenizer"] = None
-        return state
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)

@@ -18,21 +18,22 @@ from typing import List, Optional
 
 from fairseq import utils
 from fairseq.data import data_utils
-from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from vlp_mmt_fairseq.bert_loading import BUNDLED_MINILM, bert_vocab_file, load_bert_tokenizer
+from vlp_mmt_fairseq.bert_loading import bert_vocab_file
 from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
-from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, read_image_index
+from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, find_image_index, read_image_index
 from vlp_mmt_fairseq.data.image_dataset import ImageDataset
+from vlp_mmt_fairseq.data.tag_encoder import TagEncoder
 from vlp_mmt_fairseq.data.vlp_pretrain_dataset import VlpPretrainDataset, concat_vlp_datasets
+from vlp_mmt_fairseq.dataclass.configs import BertConfig, ImageConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class VlpPretrainConfig(FairseqDataclass):
+class VlpPretrainConfig(BertConfig, ImageConfig):
     data: Optional[str] = field(
         default=None,
         metadata={"help": "caption data directories, joined with ':' (all are read, as one corpus)"},
@@ -42,21 +43,6 @@ class VlpPretrainConfig(FairseqDataclass):
         metadata={"help": "language suffix of the caption files: {split}.{lang} or {split}.{lang}-{other}.{lang} "
                           "(default: the only one in the directory)"},
     )
-    bert_model: str = field(
-        default=BUNDLED_MINILM,
-        metadata={"help": "BERT to start from (step 1) and its vocabulary: a local directory, a hub name, or "
-                          f"'{BUNDLED_MINILM}'"},
-    )
-    image_features: Optional[str] = field(
-        default=None,
-        metadata={"help": "HDF5 image-feature store, or one per data directory joined with ':'"},
-    )
-    image_index_dir: Optional[str] = field(
-        default=None, metadata={"help": "directory of the image indexes (default: each data directory)"}
-    )
-    max_regions: int = field(default=36, metadata={"help": "keep at most this many regions per image"})
-    max_tags: int = field(default=20, metadata={"help": "keep at most this many object tags per image"})
-    no_tags: bool = field(default=False, metadata={"help": "do not give the object tags t to the encoder"})
     mask_prob: float = field(default=0.15, metadata={"help": "share of the text tokens selected for masked LM"})
     mask_caption_only: bool = field(
         default=False, metadata={"help": "select caption tokens only for masked LM (default: caption and tags)"}
@@ -124,7 +110,7 @@ class VlpPretrainTask(FairseqTask):
         self.data_dirs = utils.split_paths(cfg.data)
         self.stores = self._open_stores()
         self.feature_dim = self.stores[0].feature_dim
-        self._tokenizer = None
+        self.tag_encoder = TagEncoder(cfg.bert_model)
 
     @classmethod
     def setup_task(cls, cfg: VlpPretrainConfig, **kwargs):
@@ -193,7 +179,7 @@ class VlpPretrainTask(FairseqTask):
             raise FeatureStoreError(
                 f"{index_path}: the image index has {len(keys)} lines but {prefix} has {len(captions)} captions"
             )
-        tag_encoder = None if self.cfg.no_tags else self.encode_tag
+        tag_encoder = None if self.cfg.no_tags else self.tag_encoder
         images = ImageDataset(keys, store, tag_encoder, sep=self.dictionary.eos(), pad=self.dictionary.pad())
         return VlpPretrainDataset(
             captions, images, self.dictionary, mask_prob=self.cfg.mask_prob,
@@ -203,23 +189,7 @@ class VlpPretrainTask(FairseqTask):
         )
 
     def image_index_path(self, directory: str, split: str) -> str:
-        directory = self.cfg.image_index_dir or directory
-        for ext in ("npy", "txt"):
-            path = os.path.join(directory, f"{split}.img.{ext}")
-            if os.path.exists(path):
-                return path
-        raise FeatureStoreError(f"{directory}: no image index {split}.img.npy or {split}.img.txt")
-
-    def encode_tag(self, tag: str):
-        """WordPiece ids of one object tag, without specials."""
-        if self._tokenizer is None:
-            self._tokenizer = load_bert_tokenizer(self.cfg.bert_model)
-        return self._tokenizer(tag, add_special_tokens=False)["input_ids"]
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_tokenizer"] = None
-        return state
+        return find_image_index(self.cfg.image_index_dir or directory, split)
 
     # ------------------------------------------------------------------ fairseq interface
 

@@ -1,0 +1,6 @@
+#!/usr/bin/env python3
+"""Kept for existing commands: the console script ``vlp-mmt-prepare-captions``."""
+from vlp_mmt_fairseq.cli.prepare_captions import cli_main
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,1 @@
+"""Offline feature tools: converters, synthetic stores and extractors that write the feature store."""

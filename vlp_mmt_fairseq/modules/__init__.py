@@ -1,0 +1,1 @@
+"""Building blocks of the plugin's models and criterions (registered nowhere)."""
