@@ -4,6 +4,7 @@ scripts are exactly what the recipe writes."""
 import csv
 import gzip
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from statistics import mean
 
 import pytest
 
-from conftest import run_cli
+from utils import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "multi30k"
@@ -201,6 +202,12 @@ def test_tables_and_plot_from_finished_systems(tmp_path, multi30k_dir):
     assert expected_delta > 5  # the undamaged system is clearly better
     assert rows["full"]["avg_delta_bleu"] == pytest.approx(expected_delta)
     assert rows["transformer"]["avg_delta_bleu"] == pytest.approx(0.0)
+    # paired bootstrap against the reference row (tests/test_significance.py checks the figures themselves)
+    assert rows["transformer"]["test2016_p_value"] is None and rows["transformer"]["test2016_bleu_ci"] > 0
+    for t in TEST_SPLITS:
+        assert rows["full"][f"{t}_p_value"] < 0.05 and rows["full"][f"{t}_significant"]
+        assert 0 < rows["full"][f"{t}_delta_low"] <= rows["full"][f"{t}_delta_high"]
+    assert table5.count("*") >= 3 and "p < 0.05 against the table's reference row" in table5
     lost = mean(full[t]["bleu_tok"] - incongruent[t]["bleu_tok"] for t in TEST_SPLITS)
     assert rows["full"]["bleu_lost_incongruent"] == pytest.approx(lost) and lost > 0
     assert rows["full"]["mscoco_bleu"] == pytest.approx(full["mscoco"]["bleu_tok"])
@@ -237,13 +244,25 @@ def test_committed_scripts_are_what_the_recipe_writes(tmp_path, multi30k_dir):
              "--multi30k-dir", multi30k_dir])
     written = sorted(p.name for p in tmp_path.glob("*.sh"))
     committed = sorted(p.name for p in (EXAMPLE / "systems").glob("*.sh"))
-    assert written == committed and len(written) == 10
+    assert written == committed and len(written) == 11  # 10 systems and the steps they share
     for name in written:
         assert (tmp_path / name).read_text() == (EXAMPLE / "systems" / name).read_text(), (
             f"examples/multi30k/systems/{name} is stale: regenerate it with compare.py --write-scripts")
         subprocess.run(["bash", "-n", str(tmp_path / name)], check=True)
-    full = (tmp_path / "full.sh").read_text()
+    full = script_commands(tmp_path, "full.sh")
     for command in ("fairseq-train data/bert", "--task vlp_pretrain", "--freeze-bert", "--finetune-from-model",
                     "vlp-mmt-average-checkpoints", "--shuffle-images-seed 1", "--no-images", "vlp-mmt-score"):
         assert command in full
-    assert "--load-vlp" not in (tmp_path / "bert_enc_stage2.sh").read_text()  # no VLP for BERT-enc
+    assert "--load-vlp" not in script_commands(tmp_path, "bert_enc_stage2.sh")  # no VLP for BERT-enc
+    assert len((tmp_path / "full.sh").read_text().splitlines()) < 50  # a list of steps, not their commands
+
+
+def script_commands(directory, name) -> str:
+    """The command lines of the steps that ``name`` runs, as common.sh defines them."""
+    script = (directory / name).read_text()
+    steps = [line.strip(" \\") for line in script.split("run_steps", 1)[1].splitlines() if line.strip(" \\")]
+    common = (directory / "common.sh").read_text().split("run_step() {", 1)[1]
+    blocks = re.findall(r"^    (\S+)\)\n((?:      .*\n)+)", common, flags=re.M)
+    commands = dict(blocks)
+    assert set(steps) <= set(commands), set(steps) - set(commands)
+    return "".join(commands[s] for s in steps)

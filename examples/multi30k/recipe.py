@@ -149,7 +149,7 @@ def data_steps(setup: Setup) -> Dict[str, Step]:
     splits = ["train", "val", *[TEST_SETS[t] for t in setup.test_sets]]
     steps["prepare"] = Step(
         "prepare",
-        ["{PYTHON}", "{REPO}/preprocess/prepare_multi30k.py", "--multi30k-dir", source, "--src", setup.src,
+        ["vlp-mmt-prepare-multi30k", "--multi30k-dir", source, "--src", setup.src,
          "--tgt", setup.tgt, "--out", "data", "--bert-model", setup.bert_model,
          "--spm-vocab-size", str(b.spm_vocab_size), "--spm-vocab-size-src", str(b.spm_vocab_size), "--splits", *splits],
         outputs=["data/prepare.json"], after=after, log="logs/prepare.log",
@@ -163,7 +163,7 @@ def data_steps(setup: Setup) -> Dict[str, Step]:
         )
         steps["features"] = Step(
             "features",
-            ["{PYTHON}", "{REPO}/preprocess/synthetic_store.py",
+            ["vlp-mmt-synthetic-store",
              "--keys-from", *[f"data/images/{s}.txt" for s in ("train", "valid", *setup.test_sets)],
              "--concepts-tsv", "features/concepts.tsv", "--tags-tsv", "features/tags.tsv",
              "--feature-dim", str(b.feature_dim), "--regions", str(b.regions), "--seed", "1",

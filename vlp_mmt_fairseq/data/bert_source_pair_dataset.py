@@ -1,7 +1,7 @@
 """BertSourcePairDataset: a text translation pair plus the BERT ids of each source sentence."""
 from fairseq.data import FairseqDataset, LanguagePairDataset, data_utils
 
-from vlp_mmt_fairseq.data.pair_dataset_wrapper import PairDatasetWrapper, in_batch_order
+from vlp_mmt_fairseq.data.pair_dataset_wrapper import PairDatasetWrapper
 
 
 class BertSourcePairDataset(PairDatasetWrapper):
@@ -19,17 +19,10 @@ class BertSourcePairDataset(PairDatasetWrapper):
         self.bert_source = bert_source
         self.bert_pad = bert_pad
 
-    def __getitem__(self, index):
-        item = self.pair[index]
-        item["bert_source"] = self.bert_source[index]
-        return item
+    def extra_inputs(self, index):
+        return {"bert_source": self.bert_source[index]}
 
-    def collater(self, samples, pad_to_length=None):
-        batch = self.pair.collater(samples, pad_to_length=pad_to_length)
-        if len(batch) == 0:
-            return batch
-        ordered = in_batch_order(samples, batch)
+    def collate_extra_inputs(self, batch, ordered):
         batch["net_input"]["bert_tokens"] = data_utils.collate_tokens(
             [s["bert_source"] for s in ordered], self.bert_pad, left_pad=False
         )  # B x S': [CLS] x [SEP] [PAD]...
-        return batch

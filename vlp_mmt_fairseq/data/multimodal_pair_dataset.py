@@ -5,7 +5,7 @@ import torch
 from fairseq.data import LanguagePairDataset, data_utils
 
 from vlp_mmt_fairseq.data.image_dataset import ImageDataset
-from vlp_mmt_fairseq.data.pair_dataset_wrapper import PairDatasetWrapper, in_batch_order
+from vlp_mmt_fairseq.data.pair_dataset_wrapper import PairDatasetWrapper
 
 
 class MultimodalPairDataset(PairDatasetWrapper):
@@ -27,17 +27,10 @@ class MultimodalPairDataset(PairDatasetWrapper):
         self.src_pad = src_pad
         self.images = images
 
-    def __getitem__(self, index):
-        item = self.pair[index]
-        if self.images is not None:
-            item["image"] = self.images[index]
-        return item
+    def extra_inputs(self, index):
+        return {} if self.images is None else {"image": self.images[index]}
 
-    def collater(self, samples, pad_to_length=None):
-        batch = self.pair.collater(samples, pad_to_length=pad_to_length)
-        if len(batch) == 0:
-            return batch
-        ordered = in_batch_order(samples, batch)
+    def collate_extra_inputs(self, batch, ordered):
         net_input = batch["net_input"]
         net_input["src_tokens"] = data_utils.collate_tokens(
             [s["source"] for s in ordered], self.src_pad, left_pad=False
@@ -45,4 +38,3 @@ class MultimodalPairDataset(PairDatasetWrapper):
         net_input["src_lengths"] = torch.LongTensor([s["source"].numel() for s in ordered])
         if self.images is not None:
             net_input.update(self.images.collater([s["image"] for s in ordered]))
-        return batch

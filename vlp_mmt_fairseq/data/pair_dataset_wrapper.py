@@ -22,21 +22,34 @@ class PairDatasetWrapper(FairseqDataset):
 
     Everything about sizes, order, filtering and batching is the text pair's, except that
     :meth:`batch_by_size` puts back the sentences fairseq's batching drops (see compat).
-    Subclasses add their inputs in ``__getitem__`` and ``collater``.
+    Subclasses add their inputs per sentence in :meth:`extra_inputs` and per batch in
+    :meth:`collate_extra_inputs`.
     """
 
     def __init__(self, pair: LanguagePairDataset):
         super().__init__()
         self.pair = pair
 
+    def extra_inputs(self, index: int) -> dict:
+        """What sentence ``index`` carries beside the text pair (keys added to its sample)."""
+        return {}
+
+    def collate_extra_inputs(self, batch: dict, ordered: List[dict]) -> None:
+        """Add the extra inputs of ``ordered`` (the samples in the batch's row order) to ``batch``."""
+
     def __getitem__(self, index):
-        return self.pair[index]
+        item = self.pair[index]
+        item.update(self.extra_inputs(index))
+        return item
 
     def __len__(self):
         return len(self.pair)
 
     def collater(self, samples, pad_to_length=None):
-        return self.pair.collater(samples, pad_to_length=pad_to_length)
+        batch = self.pair.collater(samples, pad_to_length=pad_to_length)
+        if len(batch) > 0:
+            self.collate_extra_inputs(batch, in_batch_order(samples, batch))
+        return batch
 
     @property
     def sizes(self):
