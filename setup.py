@@ -11,15 +11,16 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.11",
     packages=find_packages(include=["vlp_mmt_fairseq", "vlp_mmt_fairseq.*"]),
     install_requires=[
         # Tested with torch 2.13.0; install torch first so pip never picks another build.
         "torch>=2.1",
-        # fairseq 0.12.2 does not import on Python >= 3.11; fairseq-fixed is the same code, fixed.
-        "fairseq==0.12.2; python_version < '3.11'",
-        "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
-        "transformers>=4.40",
+        # fairseq-fixed: fairseq 0.12 fixed for Python >= 3.11, with the transformer_decoder_aug and
+        # transformer_layer_aug modules that models/bert_fused.py imports (fairseq 0.12.2 has neither).
+        "fairseq-fixed==0.12.3.1",
+        # 5.0 is the first release with transformers.masking_utils.create_bidirectional_mask (the encoder's mask).
+        "transformers>=5.0",
         "sacrebleu>=2.0",
         "sentencepiece",
         "h5py",
@@ -36,7 +37,7 @@ setup(
     # ImageNet class names of the default extractor's tags
     package_data={"vlp_mmt_fairseq.features": ["imagenet_classes.txt"]},
     extras_require={
-        "test": ["pytest", "psutil"],
+        "test": ["pytest", "psutil", "ruff"],
         "eval": ["pycocoevalcap", "sacremoses"],
         "plot": ["matplotlib"],
     },
@@ -54,6 +55,9 @@ setup(
             "vlp-mmt-caption-proxy-store = vlp_mmt_fairseq.cli.caption_proxy_store:cli_main",
             "vlp-mmt-extract-features = vlp_mmt_fairseq.cli.extract_features:cli_main",
             "vlp-mmt-resnet-to-store = vlp_mmt_fairseq.cli.resnet_to_store:cli_main",
+            "vlp-mmt-export-model = vlp_mmt_fairseq.cli.export_model:cli_main",
+            "vlp-mmt-translate = vlp_mmt_fairseq.cli.translate:cli_main",
+            "vlp-mmt-attention-mass = vlp_mmt_fairseq.cli.attention_mass:cli_main",
         ]
     },
 )

@@ -1,7 +1,7 @@
 """What the benchmarks share: prepared Multi30K data, synthetic feature stores, fairseq set-up, figures.
 
 Everything is built once in a work directory (``--work-dir``, default ``$TMPDIR/vlp_mmt_benchmarks``)
-and reused by later runs: the Multi30K en-de data (``preprocess/prepare_multi30k.py``), synthetic
+and reused by later runs: the Multi30K en-de data (``vlp-mmt-prepare-multi30k``), synthetic
 feature stores for its images (``vlp_mmt_fairseq.features.synthetic_features``: 36 regions of 2048
 features, 10 object tags an image), small splits cut from the valid split, and a bert-base-sized
 BERT configuration (random weights).

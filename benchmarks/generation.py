@@ -63,7 +63,8 @@ def main():
     text_only = common.vlp_mmt_args(data, None, args.bert_model)
     transformer = [str(data / "text"), "--task", "translation", "--arch", "transformer",
                    "--share-decoder-input-output-embed", "--criterion", "label_smoothed_cross_entropy",
-                   "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "5e-5", "--seed", "1"] + common.device_args()
+                   "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "5e-5", "--seed", "1",
+                   *common.device_args()]
     checkpoints = {
         "multimodal": train_one_update("multimodal", work, vlp),
         "text-only": train_one_update("text-only", work, text_only),

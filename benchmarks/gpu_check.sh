@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: mixed-precision training steps of vlp_mmt_base (MiniLM encoder, stage 2, modality loss
-# on) with --bf16, --fp16 and --amp, the generation benchmark and (TRAIN_STEP=0 skips it) the
+# on, its lambda and prior terms checked finite) with --bf16, --fp16, --amp and --amp --checkpoint-activations,
+# the generation benchmark and (TRAIN_STEP=0 skips it) the
 # training-step benchmark, on one CUDA GPU, in about 6 minutes.
 #
 #   WHEELS=/path/to/wheels bash benchmarks/gpu_check.sh
@@ -61,9 +62,10 @@ if [[ ! -f "$DATA/prepare.json" ]]; then
 fi
 
 # ------------------------------------------------------------------ mixed-precision training steps
-for mode in --bf16 --fp16 --amp; do
+# the last one: L_M's layer runs outside --checkpoint-activations (same gradient; see CrossAttentionQueryDecoder)
+for mode in --bf16 --fp16 --amp "--amp --checkpoint-activations"; do
   say "fairseq-train $mode"
-  log="$WORK/train${mode}.log"
+  log="$WORK/train${mode// /}.log"
   if ! "$BIN/fairseq-train" "$DATA/bert" --user-dir "$REPO/vlp_mmt_fairseq" --task vlp_mmt --arch vlp_mmt_base \
       --criterion vlp_mmt_loss --label-smoothing 0.1 --bert-model bundled-minilm \
       --image-features "$WORK/toy/features.h5" --max-regions 36 --optimizer adam --lr 5e-5 \
@@ -75,8 +77,10 @@ for mode in --bf16 --fp16 --amp; do
 import json, math, sys
 records = [json.loads(l.split("| train_inner | ", 1)[1]) for l in open(sys.argv[1]) if "| train_inner | " in l]
 last = records[-1]
-values = {k: float(last[k]) for k in ("loss", "modality_loss", "xent", "wps", "gnorm") if k in last}
-finite = all(math.isfinite(float(r[k])) for r in records for k in ("loss", "modality_loss") if k in r)
+# the L_M step: modality loss, the gate's prior term and lambda (mean, std over tokens) must stay finite
+terms = ("loss", "modality_loss", "modality_prior", "lambda", "lambda_std")
+values = {k: float(last[k]) for k in terms + ("xent", "wps", "gnorm") if k in last}
+finite = all(math.isfinite(float(r[k])) for r in records for k in terms if k in r)
 bf16_note = "bfloat16 on the GPU" in open(sys.argv[1]).read()
 print(f"train {sys.argv[2]}: update {last['num_updates']}, " + ", ".join(f"{k} {v:g}" for k, v in values.items())
       + f", losses finite: {finite}" + (f", compat bf16 path taken: {bf16_note}" if sys.argv[2] == "--bf16" else ""))

@@ -1,22 +1,23 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures (the helpers are in tests/utils.py)."""
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from utils import SHARED_DIR, console_script, run_cli
+
 # Tests run tiny models, where a second intra-op thread gains little, and a busy machine makes
 # OpenMP threads spin against each other; one thread per process keeps timings predictable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# the CLIs (fairseq-train, fairseq-generate, the console scripts) live beside the interpreter running the tests
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
 
 @pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
     """Multi30K task1 text: ``$MULTI30K_DIR``, else ``../shared/multi30k`` beside the repository."""
-    path = Path(os.environ.get("MULTI30K_DIR") or REPO_ROOT.parent / "shared" / "multi30k")
+    path = Path(os.environ.get("MULTI30K_DIR") or SHARED_DIR / "multi30k")
     if not (path / "raw" / "train.en.gz").exists():
         pytest.fail(f"Multi30K not found at {path}: set MULTI30K_DIR to a Multi30K data/task1 folder")
     return path
@@ -24,29 +25,14 @@ def multi30k_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_multi30k_en_de(multi30k_dir, tmp_path_factory) -> Path:
-    """The real Multi30K en-de prepared once per session by preprocess/prepare_multi30k.py (all splits)."""
+    """The real Multi30K en-de prepared once per session by vlp-mmt-prepare-multi30k (all splits)."""
     out = tmp_path_factory.mktemp("multi30k") / "en-de"
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "preprocess" / "prepare_multi30k.py"),
-         "--multi30k-dir", str(multi30k_dir), "--src", "en", "--tgt", "de", "--out", str(out), "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_cli([console_script("vlp-mmt-prepare-multi30k"), "--multi30k-dir", multi30k_dir, "--src", "en", "--tgt", "de",
+             "--out", out, "--workers", 2])
     return out
 
 
 # ----------------------------------------------------------------------------- shared by model tests
-
-# the CLIs (fairseq-train, fairseq-generate, ...) live beside the interpreter running the tests
-os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-
-
-def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command; fail the test with its output when it exits non-zero."""
-    result = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, args))}\n{result.stdout[-6000:]}"
-    return result
 
 
 @pytest.fixture(scope="session")
@@ -76,16 +62,16 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 def toy_corpus(tmp_path_factory) -> Path:
     """The toy ambiguity corpus (Multi30K layout + features.h5), small."""
     out = tmp_path_factory.mktemp("toy") / "corpus"
-    run_cli([sys.executable, REPO_ROOT / "preprocess" / "make_toy_ambiguity.py", "--out", out,
+    run_cli([console_script("vlp-mmt-make-toy-ambiguity"), "--out", out,
              "--train", 1200, "--valid", 100, "--test", 200, "--feature-dim", 32, "--regions", 6])
     return out
 
 
 @pytest.fixture(scope="session")
 def toy_data(toy_corpus, tmp_path_factory) -> Path:
-    """The toy corpus prepared by prepare_multi30k.py (bert/ and text/ data dirs)."""
+    """The toy corpus prepared by vlp-mmt-prepare-multi30k (bert/ and text/ data dirs)."""
     out = tmp_path_factory.mktemp("toy_data") / "data"
-    run_cli([sys.executable, REPO_ROOT / "preprocess" / "prepare_multi30k.py", "--multi30k-dir", toy_corpus,
+    run_cli([console_script("vlp-mmt-prepare-multi30k"), "--multi30k-dir", toy_corpus,
              "--out", out, "--spm-vocab-size", 400, "--spm-vocab-size-src", 400])
     return out
 

@@ -13,8 +13,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from vlp_mmt_fairseq.file_utils import atomic_output
 from vlp_mmt_fairseq.features.synthetic_features import write_synthetic_store
+from vlp_mmt_fairseq.file_utils import atomic_output
 
 OBJECTS = ("dog", "cat", "horse", "bird", "cow", "sheep")
 PLACES = ("beach", "street", "grass", "snow", "road", "lake", "field", "river", "park", "forest")

@@ -13,9 +13,8 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from utils import REPO_ROOT
 from vlp_mmt_fairseq.cli.average_checkpoints import CheckpointError, average_checkpoints, load_checkpoint_safely
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_checkpoint(path: Path, seed: int, num_updates: int, weight_shape=(6, 4)) -> dict:
@@ -58,9 +57,10 @@ def fake_checkpoint(path: Path, seed: int, num_updates: int, weight_shape=(6, 4)
     return state
 
 
+@pytest.mark.slow
 def test_average_of_last_epoch_checkpoints(tmp_path):
     states = [fake_checkpoint(tmp_path / f"checkpoint{epoch}.pt", epoch, 100 * epoch) for epoch in (1, 2, 3)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(
         [
             sys.executable,

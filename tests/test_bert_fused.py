@@ -11,11 +11,9 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models.transformer import TransformerConfig
 
 from beam_search import assert_beam_search_matches_full_recompute, make_outputs_peaked
-from conftest import run_cli
+from utils import USER_DIR, run_cli
 from vlp_mmt_fairseq.modules.bert_fused_layers import BertFusedDecoderLayer, BertFusedEncoderLayer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-USER_DIR = REPO_ROOT / "vlp_mmt_fairseq"
 # one OpenMP thread per CLI: on a shared, loaded 2-core machine more threads make a tiny model
 # many times slower (they spin waiting for each other)
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -34,7 +32,7 @@ def one_torch_thread():
 
 
 def bert_fused_args(toy_data, tiny_bert_dir, *extra):
-    return [str(toy_data / "text"), "--user-dir", str(USER_DIR), "--task", "bert_fused_translation",
+    return [str(toy_data / "text"), "--user-dir", USER_DIR, "--task", "bert_fused_translation",
             "--bert-model", str(tiny_bert_dir), "--arch", "bert_fused_tiny", "-s", "en", "-t", "de",
             "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--dropout", "0",
             *map(str, extra)]
@@ -52,6 +50,7 @@ def build(args, build_model=True):
 # ------------------------------------------------------------------------------------------ data
 
 
+@pytest.mark.slow
 def test_batches_carry_aligned_bert_tokens_and_lose_nothing(toy_data, tiny_bert_dir):
     task, _ = build(bert_fused_args(toy_data, tiny_bert_dir), build_model=False)
     task.load_dataset("valid")
@@ -74,6 +73,7 @@ def test_batches_carry_aligned_bert_tokens_and_lose_nothing(toy_data, tiny_bert_
     assert sorted(seen) == list(range(len(dataset))) == list(range(100))
 
 
+@pytest.mark.slow
 def test_line_count_mismatch_names_both_files(toy_data, tiny_bert_dir, tmp_path):
     bert_dir = tmp_path / "bert"
     bert_dir.mkdir()
@@ -169,6 +169,7 @@ def test_dropnet_decoder_layer():
 # ----------------------------------------------------------------------------------------- model
 
 
+@pytest.mark.slow
 def test_incremental_decoding_matches_full_pass_and_bert_is_frozen(toy_data, tiny_bert_dir):
     # p=0: every layer averages its two attentions in training too, so both get gradients below
     task, model = build(bert_fused_args(toy_data, tiny_bert_dir, "--dropnet", "0"))
@@ -200,6 +201,7 @@ def test_incremental_decoding_matches_full_pass_and_bert_is_frozen(toy_data, tin
     assert model.decoder.layers[0].bert_attn.k_proj.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_beam_search_projects_both_memories_once_per_sentence(toy_data, tiny_bert_dir):
     task, model = build(bert_fused_args(toy_data, tiny_bert_dir))
     task.load_dataset("valid")
@@ -210,6 +212,7 @@ def test_beam_search_projects_both_memories_once_per_sentence(toy_data, tiny_ber
     assert_beam_search_matches_full_recompute(model, next(iter(itr)), task.target_dictionary, projections)
 
 
+@pytest.mark.slow
 def test_finetune_bert_trains_bert(toy_data, tiny_bert_dir):
     task, model = build(bert_fused_args(toy_data, tiny_bert_dir, "--finetune-bert"))
     task.load_dataset("valid")
@@ -229,6 +232,7 @@ def text_checkpoint(toy_data, tmp_path_factory) -> Path:
     return save_dir / "checkpoint_last.pt"
 
 
+@pytest.mark.slow
 def test_warm_start_copies_every_text_only_weight(toy_data, tiny_bert_dir, text_checkpoint):
     text_state = checkpoint_utils.load_checkpoint_to_cpu(str(text_checkpoint))["model"]
     _, cold = build(bert_fused_args(toy_data, tiny_bert_dir))
@@ -249,6 +253,7 @@ def test_warm_start_copies_every_text_only_weight(toy_data, tiny_bert_dir, text_
                               "--share-decoder-input-output-embed"))
 
 
+@pytest.mark.slow
 def test_train_warm_started_and_generate_with_the_clis(toy_data, tiny_bert_dir, text_checkpoint, tmp_path):
     from transformers import BertModel
 

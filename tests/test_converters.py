@@ -1,4 +1,4 @@
-"""The feature-store converters (preprocess/tsv_to_store.py, npz_to_store.py) and the synthetic generator."""
+"""The feature-store converters (vlp-mmt-tsv-to-store, vlp-mmt-npz-to-store) and the synthetic generator."""
 import base64
 import os
 import struct
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from utils import SHARED_DIR, console_script
 from vlp_mmt_fairseq.data.feature_store import FeatureStore
 from vlp_mmt_fairseq.features.synthetic_features import (
     concept_prototype,
@@ -19,22 +20,16 @@ from vlp_mmt_fairseq.features.synthetic_features import (
     write_synthetic_store,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VLP_MMT_SHARED", REPO.parent / "shared"))
-BUA = SHARED / "bottom-up-attention"
+BUA = SHARED_DIR / "bottom-up-attention"
 TSV = BUA / "train2014_obj36.tsv"
 VOCAB = BUA / "objects_vocab.txt"
-PREPROCESS = REPO / "preprocess"
 
 
 def load_script(name):
-    """A preprocess/ script as a module, to call its cli_main in this process (no fairseq re-import)."""
-    import importlib.util
+    """A console script's module (vlp_mmt_fairseq.cli.NAME), to call its cli_main in this process."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(name, PREPROCESS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"vlp_mmt_fairseq.cli.{name}")
 
 
 def run_in_process(monkeypatch, name, *args):
@@ -161,12 +156,13 @@ def corrupt_tsv(tmp_path, how):
     return path
 
 
+@pytest.mark.slow
 def test_tsv_corrupt_line_fails_cleanly_as_a_real_cli(tmp_path):
     bad = corrupt_tsv(tmp_path, "truncated")
     out = tmp_path / "out" / "store.h5"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [sys.executable, str(PREPROCESS / "tsv_to_store.py"), "--tsv", str(bad), "--objects-vocab", str(VOCAB),
+        [console_script("vlp-mmt-tsv-to-store"), "--tsv", str(bad), "--objects-vocab", str(VOCAB),
          "--output", str(out), "--no-progress"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )

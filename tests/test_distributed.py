@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from training_runs import PROBE, REPO_ROOT, finish, free_port, start
+from utils import PROBE, USER_DIR, finish, free_port, start
 
 UPDATES = 4
 
@@ -13,7 +13,7 @@ UPDATES = 4
 def train_args(toy_data, toy_corpus, bert_dir):
     """Stage 2 (BERT trains), dropout 0, 8 sentences a batch, a data-loading worker per process."""
     return [
-        toy_data / "bert", "--user-dir", REPO_ROOT / "vlp_mmt_fairseq", "--task", "vlp_mmt",
+        toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt",
         "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
         "--bert-model", bert_dir, "--image-features", toy_corpus / "features.h5", "--max-regions", "6",
         "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3", "--max-sentences", "8",
@@ -22,6 +22,7 @@ def train_args(toy_data, toy_corpus, bert_dir):
     ]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_with_update_freq_2(toy_data, toy_corpus, tiny_bert_no_dropout_dir,
                                                              tmp_path):
     args = train_args(toy_data, toy_corpus, tiny_bert_no_dropout_dir)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from fairseq.trainer import Trainer
 
-from training_runs import REPO_ROOT, build_trainer
+from utils import USER_DIR, build_trainer
 
 EPOCHS = 3
 
@@ -52,7 +52,7 @@ def vlp_export(tiny_bert_dir, tmp_path_factory):
 def stage1_args(toy_data, toy_corpus, tiny_bert_dir, *extra):
     """Stage 1 on the 100-sentence valid split (5 batches an epoch); the decoder keeps its dropout."""
     return [
-        toy_data / "bert", "--user-dir", REPO_ROOT / "vlp_mmt_fairseq", "--task", "vlp_mmt",
+        toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt",
         "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
         "--bert-model", tiny_bert_dir, "--image-features", toy_corpus / "features.h5", "--max-regions", "6",
         "--freeze-bert", "--optimizer", "adam", "--lr", "1e-3", "--max-sentences", "24", "--train-subset", "valid",
@@ -77,6 +77,7 @@ def train(argv, epochs=EPOCHS):
     return trainer, hits
 
 
+@pytest.mark.slow
 def test_stage1_losses_identical_with_and_without_cache(toy_data, toy_corpus, tiny_bert_dir, vlp_export, tmp_path):
     base = stage1_args(toy_data, toy_corpus, tiny_bert_dir, "--load-vlp", vlp_export)
     plain, _ = train(base)
@@ -95,6 +96,7 @@ def test_stage1_losses_identical_with_and_without_cache(toy_data, toy_corpus, ti
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_cache_directory_is_reused_by_a_later_run(toy_data, toy_corpus, tiny_bert_dir, vlp_export, tmp_path):
     args = stage1_args(toy_data, toy_corpus, tiny_bert_dir, "--load-vlp", vlp_export, "--cache-frozen-encoder",
                        "--cache-frozen-encoder-dir", tmp_path / "cache")
@@ -107,6 +109,7 @@ def test_cache_directory_is_reused_by_a_later_run(toy_data, toy_corpus, tiny_ber
     assert again.losses == first.losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
     ([], "FFN\\(v\\) trains before BERT"),  # images, but FFN(v) not from --load-vlp: it trains
     (["--frozen-bert-dropout", "--no-images", "--modality-loss", "off"], "frozen-bert-dropout"),
@@ -123,12 +126,13 @@ def test_cache_refuses_when_bert_output_can_change(toy_data, toy_corpus, tiny_be
         trainer.get_criterion()(model, sample)
 
 
+@pytest.mark.slow
 def test_cache_needs_frozen_bert(tiny_bert_dir):
     from transformers import BertModel
 
     from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
-    from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache, FrozenEncoderCacheError
     from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
+    from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache, FrozenEncoderCacheError
 
     dictionary = BertDictionary(str(tiny_bert_dir / "vocab.txt"))
     encoder = MultimodalBertEncoder(dictionary, BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False),

@@ -2,18 +2,15 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from utils import USER_DIR, run_cli
 from vlp_mmt_fairseq.compat import register_safe_checkpoint_globals
 from vlp_mmt_fairseq.data.feature_store import read_image_index
 from vlp_mmt_fairseq.features.synthetic_features import write_synthetic_store
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-USER_DIR = str(REPO_ROOT / "vlp_mmt_fairseq")
 QUICK = ["--train-subset", "mscoco", "--disable-validation", "--max-update", "1", "--max-tokens", "4000",
          "--optimizer", "adam", "--lr", "1e-4", "--num-workers", "0", "--cpu", "--no-epoch-checkpoints"]
 SHORT_GENERATION = ["--gen-subset", "mscoco", "--beam", "2", "--max-len-a", "0", "--max-len-b", "3",
@@ -32,6 +29,7 @@ def mscoco_store(prepared_multi30k_en_de, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_vlp_mmt_generates_every_sentence_and_loads_safely(prepared_multi30k_en_de, mscoco_store, tiny_bert_dir,
                                                           tmp_path):
     data = prepared_multi30k_en_de / "bert"
@@ -51,6 +49,7 @@ def test_vlp_mmt_generates_every_sentence_and_loads_safely(prepared_multi30k_en_
     assert hypothesis_ids(out) == list(range(461))  # default --required-batch-size-multiple 8
 
 
+@pytest.mark.slow
 def test_stock_translation_recipe_generates_every_sentence(prepared_multi30k_en_de, tmp_path):
     data = prepared_multi30k_en_de / "text"
     run_cli(["fairseq-train", data, "--task", "translation", "--arch", "transformer_tiny", "--save-dir", tmp_path,

@@ -1,6 +1,5 @@
-"""preprocess/prepare_multi30k.py: real Multi30K en-de round trips, and its errors on bad input."""
+"""vlp-mmt-prepare-multi30k: real Multi30K en-de round trips, and its errors on bad input."""
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,11 +11,10 @@ from fairseq.data import Dictionary, data_utils
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 
 from vlp_mmt_fairseq.bert_loading import BUNDLED_MINILM, bert_vocab_file, load_bert_tokenizer
+from vlp_mmt_fairseq.cli import prepare_multi30k
 from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
 from vlp_mmt_fairseq.data.feature_store import image_key_from_line
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = REPO_ROOT / "preprocess" / "prepare_multi30k.py"
 SPLITS = {
     "train": "train",
     "valid": "val",
@@ -25,16 +23,6 @@ SPLITS = {
     "mscoco": "test_2017_mscoco",
     "test2018": "test_2018_flickr",
 }
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("prepare_multi30k", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_multi30k = _load_script()
 
 
 def original_lines(multi30k_dir: Path, split: str, lang: str):
@@ -67,8 +55,8 @@ TOY_DE = ["Ein Hund läuft auf dem Gras.", "Zwei Männer unterhalten sich.", "Ei
 TOY_IMAGES = ["1.jpg", "2.jpg", "COCO_val2014_000000000003.jpg#7", "4.jpg"]
 
 
-def run_cli(argv):
-    """Run cli_main in this process; returns the exit code (0 when it returns normally)."""
+def prepare(argv):
+    """Run vlp-mmt-prepare-multi30k's cli_main in this process; returns the exit code (0 when it returns normally)."""
     try:
         prepare_multi30k.cli_main([str(a) for a in argv])
     except SystemExit as e:
@@ -84,6 +72,7 @@ def assert_nothing_written(tmp_path: Path, out: Path):
 # --------------------------------------------------------------------------- the real Multi30K
 
 
+@pytest.mark.slow
 def test_bert_source_ids_are_the_tokenizer_ids_of_every_line(prepared_multi30k_en_de, multi30k_dir):
     tokenizer = load_bert_tokenizer(BUNDLED_MINILM)
     bert_dict = BertDictionary(bert_vocab_file(BUNDLED_MINILM))
@@ -99,6 +88,7 @@ def test_bert_source_ids_are_the_tokenizer_ids_of_every_line(prepared_multi30k_e
             assert ids[0] == bert_dict.bos() and ids[-1] == bert_dict.eos()
 
 
+@pytest.mark.slow
 def test_target_ids_decode_to_the_original_text(prepared_multi30k_en_de, multi30k_dir):
     out = prepared_multi30k_en_de
     dictionary = Dictionary.load(str(out / "bert" / "dict.de.txt"))
@@ -119,6 +109,7 @@ def test_target_ids_decode_to_the_original_text(prepared_multi30k_en_de, multi30
             assert decoded[i] == reference, f"{split} line {i + 1}"
 
 
+@pytest.mark.slow
 def test_whitespace_is_the_only_change_to_the_raw_text(prepared_multi30k_en_de, multi30k_dir):
     record = json.loads((prepared_multi30k_en_de / "prepare.json").read_text())
     originals = original_lines(multi30k_dir, "train", "de")
@@ -127,6 +118,7 @@ def test_whitespace_is_the_only_change_to_the_raw_text(prepared_multi30k_en_de, 
     assert record["splits"]["train"]["whitespace_normalized_lines"]["de"] == changed
 
 
+@pytest.mark.slow
 def test_text_dir_loads_in_fairseq_translation_task(prepared_multi30k_en_de):
     out = prepared_multi30k_en_de
     args = options.parse_args_and_arch(
@@ -152,6 +144,7 @@ def test_text_dir_loads_in_fairseq_translation_task(prepared_multi30k_en_de):
         assert processor.decode_pieces(pieces) == reference
 
 
+@pytest.mark.slow
 def test_image_indexes_and_tok_copies(prepared_multi30k_en_de, multi30k_dir):
     out = prepared_multi30k_en_de
     for split, m30k_name in SPLITS.items():
@@ -173,6 +166,7 @@ def test_image_indexes_and_tok_copies(prepared_multi30k_en_de, multi30k_dir):
 # --------------------------------------------------------------------------- toy corpora and errors
 
 
+@pytest.mark.slow
 def test_toy_corpus_without_tok(tmp_path):
     """Any folder in the Multi30K layout works; tok/ is optional and splits are discovered."""
     source = write_fake_multi30k(
@@ -182,7 +176,7 @@ def test_toy_corpus_without_tok(tmp_path):
         {"train": TOY_IMAGES, "val": TOY_IMAGES[:2]},
     )
     out = tmp_path / "out"
-    assert run_cli(["--multi30k-dir", source, "--out", out, "--spm-vocab-size", 300,
+    assert prepare(["--multi30k-dir", source, "--out", out, "--spm-vocab-size", 300,
                     "--spm-vocab-size-src", 300, "--workers", 1]) == 0
     assert not (out / "tok").exists()
     record = json.loads((out / "prepare.json").read_text())
@@ -195,7 +189,7 @@ def test_toy_corpus_without_tok(tmp_path):
     assert [processor.decode_pieces(dictionary.string(stored[i]).split(" ")) for i in range(2)] == TOY_DE[:2]
     assert [k.decode() for k in np.load(out / "bert" / "train.img.npy")] == ["1", "2", "COCO_val2014_000000000003", "4"]
     # an existing output is refused without --force, and left untouched
-    assert run_cli(["--multi30k-dir", source, "--out", out, "--spm-vocab-size", 300]) != 0
+    assert prepare(["--multi30k-dir", source, "--out", out, "--spm-vocab-size", 300]) != 0
     assert (out / "prepare.json").exists()
 
 
@@ -207,7 +201,7 @@ def test_over_long_source_fails_naming_file_and_line(tmp_path, capsys):
         {"train": TOY_IMAGES[:3]},
     )
     out = tmp_path / "out"
-    assert run_cli(["--multi30k-dir", source, "--out", out]) == 1
+    assert prepare(["--multi30k-dir", source, "--out", out]) == 1
     error = capsys.readouterr().err
     assert f"split train: {source / 'raw' / 'train.en.gz'}:2:" in error
     assert "602 BERT tokens" in error and "512 positions" in error
@@ -219,7 +213,7 @@ def test_mismatched_line_counts_fail_naming_the_files(tmp_path, capsys):
         tmp_path / "m30k", {"train": {"en": TOY_EN, "de": TOY_DE[:3]}}, {"train": TOY_IMAGES}
     )
     out = tmp_path / "out"
-    assert run_cli(["--multi30k-dir", source, "--out", out]) == 1
+    assert prepare(["--multi30k-dir", source, "--out", out]) == 1
     error = capsys.readouterr().err
     assert f"{source / 'raw' / 'train.en.gz'} has 4" in error
     assert f"{source / 'raw' / 'train.de.gz'} has 3" in error
@@ -232,7 +226,7 @@ def test_mismatched_tok_and_image_counts_fail(tmp_path, capsys):
         tmp_path / "m30k", {"train": {"en": TOY_EN, "de": TOY_DE}}, {"train": TOY_IMAGES[:3]}, tok=True
     )
     out = tmp_path / "out"
-    assert run_cli(["--multi30k-dir", source, "--out", out]) == 1
+    assert prepare(["--multi30k-dir", source, "--out", out]) == 1
     assert f"{source / 'image_splits' / 'train.txt'} has 3" in capsys.readouterr().err
     assert_nothing_written(tmp_path, out)
 
@@ -242,7 +236,7 @@ def test_empty_line_fails_naming_the_line(tmp_path, capsys):
         tmp_path / "m30k", {"train": {"en": TOY_EN, "de": [TOY_DE[0], " \t", *TOY_DE[2:]]}}, {"train": TOY_IMAGES}
     )
     out = tmp_path / "out"
-    assert run_cli(["--multi30k-dir", source, "--out", out]) == 1
+    assert prepare(["--multi30k-dir", source, "--out", out]) == 1
     assert f"{source / 'raw' / 'train.de.gz'}:2: empty line" in capsys.readouterr().err
     assert_nothing_written(tmp_path, out)
 
@@ -250,7 +244,7 @@ def test_empty_line_fails_naming_the_line(tmp_path, capsys):
 def test_unknown_bert_model_fails_clearly(tmp_path, capsys):
     source = write_fake_multi30k(tmp_path / "m30k", {"train": {"en": TOY_EN, "de": TOY_DE}}, {"train": TOY_IMAGES})
     out = tmp_path / "out"
-    assert run_cli(["--multi30k-dir", source, "--out", out, "--bert-model", "/nonexistent"]) == 1
+    assert prepare(["--multi30k-dir", source, "--out", out, "--bert-model", "/nonexistent"]) == 1
     assert "--bert-model /nonexistent: no such directory" in capsys.readouterr().err
     assert_nothing_written(tmp_path, out)
 
@@ -262,9 +256,9 @@ def test_splits_without_train_or_unknown_split_fail(tmp_path, capsys):
         {"train": TOY_IMAGES, "val": TOY_IMAGES[:2]},
     )
     out = tmp_path / "out"
-    assert run_cli(["--multi30k-dir", source, "--out", out, "--splits", "test2016"]) == 1
+    assert prepare(["--multi30k-dir", source, "--out", out, "--splits", "test2016"]) == 1
     assert "--splits test2016: not available" in capsys.readouterr().err
-    assert run_cli(["--multi30k-dir", source, "--out", out, "--splits", "valid"]) == 1
+    assert prepare(["--multi30k-dir", source, "--out", out, "--splits", "valid"]) == 1
     assert "include train in --splits" in capsys.readouterr().err
     assert_nothing_written(tmp_path, out)
 
@@ -273,7 +267,7 @@ def test_failure_after_writing_started_leaves_nothing(tmp_path, capsys):
     """A SentencePiece vocabulary too small for the characters fails late, and cleans up."""
     source = write_fake_multi30k(tmp_path / "m30k", {"train": {"en": TOY_EN, "de": TOY_DE}}, {"train": TOY_IMAGES})
     out = tmp_path / "out"
-    assert run_cli(["--multi30k-dir", source, "--out", out, "--spm-vocab-size-src", 20]) == 1
+    assert prepare(["--multi30k-dir", source, "--out", out, "--spm-vocab-size-src", 20]) == 1
     error = capsys.readouterr().err
     assert "SentencePiece training on train.en (train) failed with vocabulary size 20" in error
     assert_nothing_written(tmp_path, out)

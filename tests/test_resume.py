@@ -7,14 +7,14 @@ import signal
 import pytest
 import torch
 
-from training_runs import REPO_ROOT, build_trainer, fairseq_train, finish, load_plugin, logged, start, wait_for
+from utils import USER_DIR, build_trainer, fairseq_train, finish, load_plugin, logged, start, wait_for
 
 KILL_AFTER_UPDATE = 6  # after the checkpoint of update 4, before the one of update 8
 
 
 def model_args(toy_data, toy_corpus, bert_dir):
     return [
-        toy_data / "bert", "--user-dir", REPO_ROOT / "vlp_mmt_fairseq", "--task", "vlp_mmt",
+        toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt",
         "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
         "--bert-model", bert_dir, "--image-features", toy_corpus / "features.h5", "--max-regions", "6",
         "--dropout", "0", "--optimizer", "adam", "--cpu", "--seed", "1",
@@ -71,6 +71,7 @@ def truncate_half(path) -> None:
         f.truncate(path.stat().st_size // 2)
 
 
+@pytest.mark.slow
 def test_sigkill_then_restart_matches_uninterrupted_run(toy_data, toy_corpus, tiny_bert_no_dropout_dir, tmp_path,
                                                         caplog):
     from vlp_mmt_fairseq.compat import CheckpointError, checkpoint_problem

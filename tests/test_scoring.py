@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from utils import REPO_ROOT, SHARED_DIR
 from vlp_mmt_fairseq.cli import score
 from vlp_mmt_fairseq.evaluation.bleu import lowercase_normalize_tokenize, tokenized_bleu
 from vlp_mmt_fairseq.evaluation.meteor import MeteorUnavailable, meteor_score
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VLP_MMT_SHARED", REPO.parent / "shared"))
-MULTI30K = SHARED / "multi30k"
+MULTI30K = SHARED_DIR / "multi30k"
 
 
 def raw_lines(split: str, lang: str = "de"):
@@ -58,7 +57,7 @@ def write_generate_log(path: Path, hypotheses, ids=None, seed=1):
 
 
 def run_module(module: str, *args, cwd: Path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -102,6 +101,7 @@ def sacrebleu_cli(reference: Path, hypothesis: Path, *options) -> float:
     return float(done.stdout.strip())
 
 
+@pytest.mark.slow
 def test_bleu_equals_sacrebleu_command_line(scored):
     tmp, _, scores = scored
     reference = tmp / "mscoco.ref"
@@ -115,6 +115,7 @@ def test_bleu_equals_sacrebleu_command_line(scored):
     assert scores["test2017"]["n_sentences"] == 1000
 
 
+@pytest.mark.slow
 def test_tokenized_bleu(scored):
     _, stdout, scores = scored
     reference = tok_lines("test_2017_mscoco")
@@ -127,6 +128,7 @@ def test_tokenized_bleu(scored):
     assert "comparable to the paper" in stdout
 
 
+@pytest.mark.slow
 def test_tokenized_bleu_equals_sacrebleu_on_tokens(scored, tmp_path):
     _, _, scores = scored
     hyp_tok = lowercase_normalize_tokenize(perturb(raw_lines("test_2017_mscoco")), "de")
@@ -137,6 +139,7 @@ def test_tokenized_bleu_equals_sacrebleu_on_tokens(scored, tmp_path):
     assert round(scores["mscoco"]["bleu_tok"], 4) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_meteor(scored):
     _, stdout, scores = scored
     identical, perturbed = scores["test2017"], scores["mscoco"]

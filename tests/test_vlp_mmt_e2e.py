@@ -6,17 +6,14 @@ model with shuffled images stay at chance (1/k +- 0.15).
 """
 import json
 import re
-from pathlib import Path
 
 import pytest
 import sacrebleu
 import torch
 
-from conftest import run_cli
+from utils import USER_DIR, run_cli
 from vlp_mmt_fairseq.evaluation.ambiguity import sense_accuracy
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-USER_DIR = str(REPO_ROOT / "vlp_mmt_fairseq")
 CHANCE = 0.5  # k = 2 senses per ambiguous word
 OPTIM = ["--optimizer", "adam", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "30", "--max-tokens", "2000",
          "--num-workers", "0", "--cpu", "--seed", "1", "--no-epoch-checkpoints", "--log-format", "json",
@@ -52,6 +49,7 @@ def two_stage_model(toy_data, toy_corpus, tiny_bert_dir, tmp_path_factory):
     return stage1, stage2
 
 
+@pytest.mark.slow
 def test_stage1_keeps_bert_and_stage2_trains_it(two_stage_model, tiny_bert_dir):
     from transformers import BertModel
 
@@ -70,6 +68,7 @@ def test_stage1_keeps_bert_and_stage2_trains_it(two_stage_model, tiny_bert_dir):
     assert not torch.equal(stage1["criterion"]["gate.w_y"], stage2["criterion"]["gate.w_y"])
 
 
+@pytest.mark.slow
 def test_beam_search_translates_and_resolves_ambiguity(two_stage_model, toy_data, toy_corpus, tiny_bert_dir,
                                                        tmp_path_factory):
     _, stage2 = two_stage_model
@@ -93,6 +92,7 @@ def test_beam_search_translates_and_resolves_ambiguity(two_stage_model, toy_data
     assert abs(accuracy["shuffled"] - CHANCE) <= 0.15, accuracy
 
 
+@pytest.mark.slow
 def test_trains_with_the_real_minilm_weights(toy_data, toy_corpus, tmp_path):
     """The bundled MiniLM (real pre-trained weights) loads into the encoder and trains."""
     from fairseq import options, tasks

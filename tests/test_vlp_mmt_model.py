@@ -1,6 +1,5 @@
 """The vlp_mmt model and its modality loss, in process, on the toy data with a tiny random BERT."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +10,15 @@ from fairseq.logging import metrics
 from fairseq.sequence_generator import SequenceGenerator
 
 from beam_search import assert_beam_search_matches_full_recompute, make_outputs_peaked
+from utils import USER_DIR
 from vlp_mmt_fairseq.modules.text_packing import PositionKind
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(toy_data, toy_corpus, tiny_bert_dir, *extra):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [
-        str(toy_data / "bert"), "--user-dir", str(REPO_ROOT / "vlp_mmt_fairseq"), "--task", "vlp_mmt", "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss",
+        str(toy_data / "bert"), "--user-dir", USER_DIR, "--task", "vlp_mmt", "--arch", "vlp_mmt_tiny",
+        "--criterion", "vlp_mmt_loss",
         "--bert-model", str(tiny_bert_dir), "--image-features", str(toy_corpus / "features.h5"),
         "--label-smoothing", "0.1", "--dropout", "0", "--seed", "1", *extra,
     ])
@@ -54,6 +53,7 @@ def manual_attention(attn, query, memory, keep):
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
+@pytest.mark.slow
 def test_modality_loss_matches_hand_computation(toy_data, toy_corpus, tiny_bert_dir):
     # the literal Eq. 5 (no prior); the default prior form is checked in tests/test_modality_loss.py
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-gate", "literal")
@@ -103,6 +103,7 @@ def test_modality_loss_matches_hand_computation(toy_data, toy_corpus, tiny_bert_
     assert values["lambda"] == pytest.approx(float((lam * mask).sum() / mask.sum()), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_modality_variants(toy_data, toy_corpus, tiny_bert_dir):
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "all",
                                    "--modality-lambda", "0.4", "--modality-tags", "v")
@@ -140,6 +141,7 @@ def grads_after_step(model, criterion, sample):
     }
 
 
+@pytest.mark.slow
 def test_stage1_freezes_bert_and_stage2_trains_it(toy_data, toy_corpus, tiny_bert_dir):
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert")
     sample = first_batch(task)
@@ -153,6 +155,7 @@ def test_stage1_freezes_bert_and_stage2_trains_it(toy_data, toy_corpus, tiny_ber
     assert all(stage2.values()), stage2
 
 
+@pytest.mark.slow
 def test_incremental_beam_search_equals_full_recompute(toy_data, toy_corpus, tiny_bert_dir):
     task, model, _ = build(toy_data, toy_corpus, tiny_bert_dir)
     model.eval()
@@ -171,6 +174,7 @@ def test_incremental_beam_search_equals_full_recompute(toy_data, toy_corpus, tin
     assert calls["encoder"] == 2  # once per generate call (incremental, then full), not once per step
 
 
+@pytest.mark.slow
 def test_beam_setting_does_not_leak_into_other_decoding(toy_data, toy_corpus, tiny_bert_dir):
     """After a beam-2 generator, greedy search (4 distinct rows, divisible by 2) and the training loss
     are what they were before: the per-sentence projection only applies to rows that are copies."""

@@ -1,19 +1,13 @@
 """The vlp_mmt task: batches carry the right image, bad input fails clearly, safe checkpoint loading."""
 import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+from utils import REPO_ROOT, USER_DIR
 from vlp_mmt_fairseq.data.feature_store import image_key_from_line, read_image_index
 from vlp_mmt_fairseq.features.synthetic_features import has_key_code, write_synthetic_store
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-USER_DIR = str(REPO_ROOT / "vlp_mmt_fairseq")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +29,7 @@ def setup_task(*argv):
     return tasks.setup_task(convert_namespace_to_omegaconf(args).task)
 
 
+@pytest.mark.slow
 def test_batches_hold_the_right_image_for_every_sentence(toy_data, tiny_bert_dir, key_coded_store):
     task = setup_task(toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "--arch", "vlp_mmt_tiny",
                       "--bert-model", tiny_bert_dir, "--image-features", key_coded_store, "--max-regions", 4)
@@ -70,6 +65,7 @@ def fairseq_train(*argv):
                           text=True)
 
 
+@pytest.mark.slow
 def test_image_index_with_other_line_count_is_refused(toy_data, toy_corpus, tiny_bert_dir, tmp_path):
     index_dir = tmp_path / "indexes"
     index_dir.mkdir()
@@ -86,6 +82,7 @@ def test_image_index_with_other_line_count_is_refused(toy_data, toy_corpus, tiny
     assert not (tmp_path / "ck" / "checkpoint_last.pt").exists()
 
 
+@pytest.mark.slow
 def test_unknown_bert_model_is_refused(toy_data, toy_corpus, tmp_path):
     result = fairseq_train(toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "--arch", "vlp_mmt_tiny",
                            "--bert-model", tmp_path / "no_such_bert", "--image-features", toy_corpus / "features.h5",
@@ -94,6 +91,7 @@ def test_unknown_bert_model_is_refused(toy_data, toy_corpus, tmp_path):
     assert f"--bert-model {tmp_path / 'no_such_bert'}: no such directory" in result.stdout
 
 
+@pytest.mark.slow
 def test_missing_store_is_refused(toy_data, tiny_bert_dir, tmp_path):
     result = fairseq_train(toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "--arch", "vlp_mmt_tiny",
                            "--bert-model", tiny_bert_dir, "--image-features", tmp_path / "missing.h5", "--cpu",
@@ -102,6 +100,7 @@ def test_missing_store_is_refused(toy_data, tiny_bert_dir, tmp_path):
     assert f"{tmp_path / 'missing.h5'}: feature store not found" in result.stdout
 
 
+@pytest.mark.slow
 def test_help_lists_the_feature_options():
     result = subprocess.run(["fairseq-train", "--user-dir", USER_DIR, "--task", "vlp_mmt", "--help"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -17,11 +17,10 @@ from fairseq import checkpoint_utils, options, tasks
 from fairseq.data import data_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from conftest import REPO_ROOT, run_cli
 import synthetic_captions as planted
+from utils import REPO_ROOT, USER_DIR, console_script, run_cli
 from vlp_mmt_fairseq.data.bert_dictionary import BERT_SPECIALS
 
-USER_DIR = str(REPO_ROOT / "vlp_mmt_fairseq")
 # one thread per process: the CI machine has 2 cores and the test runs one trainer at a time
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
@@ -57,11 +56,11 @@ def small_bert_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def planted_corpus(tmp_path_factory, small_bert_dir):
-    """The planted corpus as text + features.h5, and binarized by preprocess/prepare_captions.py."""
+    """The planted corpus as text + features.h5, and binarized by vlp-mmt-prepare-captions."""
     root = tmp_path_factory.mktemp("planted")
     images = planted.write_planted_corpus(str(root / "corpus"), PLANTED_SPLITS, feature_dim=32, num_regions=6,
                                           places=PLANTED_PLACES)
-    run_cli([sys.executable, REPO_ROOT / "preprocess" / "prepare_captions.py",
+    run_cli([console_script("vlp-mmt-prepare-captions"),
              "--captions", root / "corpus" / "train.captions.txt", root / "corpus" / "valid.captions.txt",
              "--images", root / "corpus" / "train.images.txt", root / "corpus" / "valid.images.txt",
              "--split", "train", "valid", "--out", root / "data", "--bert-model", small_bert_dir])
@@ -99,6 +98,7 @@ def image_row_of(batch, samples):
     return rows
 
 
+@pytest.mark.slow
 def test_batches_mask_text_and_tags_and_swap_whole_images(planted_corpus, small_bert_dir):
     task, _ = setup_pretrain_task(planted_corpus["data"], planted_corpus["features"], small_bert_dir)
     task.load_dataset("train")
@@ -106,7 +106,7 @@ def test_batches_mask_text_and_tags_and_swap_whole_images(planted_corpus, small_
     mask = d.index("[MASK]")
     rng = np.random.default_rng(0)
     counts = dict(maskable=0, selected=0, to_mask=0, kept=0, tag_selected=0, rows=0, negatives=0)
-    for step in range(12):
+    for _ in range(12):
         samples = [dataset[int(i)] for i in rng.choice(len(dataset), size=64, replace=False)]
         batch = dataset.collater(samples)
         net, target = batch["net_input"], batch["target"]
@@ -168,6 +168,7 @@ def test_batches_mask_text_and_tags_and_swap_whole_images(planted_corpus, small_
     assert torch.equal(batch["net_input"]["region_features"], first["net_input"]["region_features"])
 
 
+@pytest.mark.slow
 def test_several_corpora_read_as_one(planted_corpus, small_bert_dir, tmp_path):
     """``--data A:B`` concatenates the corpora (each with its image index), it does not shard them."""
     import shutil
@@ -193,6 +194,7 @@ def test_several_corpora_read_as_one(planted_corpus, small_bert_dir, tmp_path):
     assert batch["net_input"]["src_tokens"].size(0) == len(batches[0])
 
 
+@pytest.mark.slow
 def test_masked_predictions_line_up_with_their_positions(planted_corpus, small_bert_dir):
     """Batched MLM logits equal those of each caption run alone, at the caption or tag position."""
     task, cfg = setup_pretrain_task(planted_corpus["data"], planted_corpus["features"], small_bert_dir)
@@ -222,6 +224,7 @@ def test_masked_predictions_line_up_with_their_positions(planted_corpus, small_b
     torch.testing.assert_close(logits, torch.stack(expected), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_masked_lm_head_starts_from_berts_own(planted_corpus, small_bert_dir, tmp_path):
     """A --bert-model saved with its masked-LM head (like bert-base-uncased) gives the head its weights."""
     from transformers import BertConfig, BertForMaskedLM
@@ -288,6 +291,7 @@ def other_image_rows(dataset, seed=0):
     return rows
 
 
+@pytest.mark.slow
 def test_pretraining_learns_the_planted_words_and_the_pairing(planted_corpus, small_bert_dir, tmp_path):
     save_dir = tmp_path / "checkpoints"
     log = run_cli(["fairseq-train", planted_corpus["data"], "--user-dir", USER_DIR, "--task", "vlp_pretrain",
@@ -368,6 +372,7 @@ def encoder_weights(checkpoint: Path):
     return encoder, state
 
 
+@pytest.mark.slow
 def test_load_vlp_copies_the_encoder_tensor_by_tensor(pretrained_on_mmt_data, toy_data, toy_corpus, tiny_bert_dir,
                                                       tmp_path):
     from transformers import BertModel
@@ -418,6 +423,7 @@ def test_load_vlp_copies_the_encoder_tensor_by_tensor(pretrained_on_mmt_data, to
     assert result.returncode == 1 and "already exists" in result.stderr
 
 
+@pytest.mark.slow
 def test_load_vlp_rejects_an_encoder_of_another_size(pretrained_on_mmt_data, toy_data, toy_corpus, tmp_path):
     from transformers import BertConfig, BertModel
 
@@ -434,6 +440,7 @@ def test_load_vlp_rejects_an_encoder_of_another_size(pretrained_on_mmt_data, toy
 # ----------------------------------------------------------------------------- data preparation and scale
 
 
+@pytest.mark.slow
 def test_prepare_captions_names_the_bad_line_and_writes_nothing(tmp_path, small_bert_dir):
     (tmp_path / "captions.txt").write_text("a dog on the beach\na cow on the snow\na cat on the road\n")
     (tmp_path / "gappy.txt").write_text("a dog on the beach\n\na cat on the road\n", encoding="utf-8")
@@ -441,7 +448,7 @@ def test_prepare_captions_names_the_bad_line_and_writes_nothing(tmp_path, small_
     (tmp_path / "short_images.txt").write_text("1.jpg\n2.jpg\n", encoding="utf-8")
 
     def prepare(captions, images):
-        command = [sys.executable, REPO_ROOT / "preprocess" / "prepare_captions.py", "--captions", tmp_path / captions,
+        command = [console_script("vlp-mmt-prepare-captions"), "--captions", tmp_path / captions,
                    "--images", tmp_path / images, "--out", tmp_path / "out", "--bert-model", small_bert_dir]
         return subprocess.run([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -453,6 +460,7 @@ def test_prepare_captions_names_the_bad_line_and_writes_nothing(tmp_path, small_
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_caption_dataset_memory_is_flat(tmp_path):
     """Own (anonymous) resident memory of loading and reading 10k vs 200k captions."""
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))

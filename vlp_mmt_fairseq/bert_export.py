@@ -14,18 +14,18 @@ An exported directory holds::
 """
 import json
 import os
-import shutil
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from vlp_mmt_fairseq.errors import PluginError
 from vlp_mmt_fairseq.file_utils import atomic_dir
 
 VISUAL_FILE = "visual_projection.pt"
 INFO_FILE = "vlp_export.json"
 
 
-class ExportError(ValueError):
+class ExportError(PluginError, ValueError):
     """A checkpoint or export directory cannot be read or written; the message names it."""
 
 
@@ -36,7 +36,7 @@ def export_encoder(bert, visual: Optional[torch.nn.Module], out_dir: str, bert_m
     The directory is built beside ``out_dir`` and renamed into place only when complete; an
     existing ``out_dir`` is replaced only with ``force``.
     """
-    from vlp_mmt_fairseq.bert_loading import bert_vocab_file, load_bert_tokenizer
+    from vlp_mmt_fairseq.bert_loading import bert_vocab_file, load_bert_tokenizer, read_wordpiece_vocab
 
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not force:
@@ -44,7 +44,8 @@ def export_encoder(bert, visual: Optional[torch.nn.Module], out_dir: str, bert_m
     with atomic_dir(out_dir) as tmp:
         bert.save_pretrained(tmp)
         load_bert_tokenizer(bert_model).save_pretrained(tmp)
-        shutil.copy(bert_vocab_file(bert_model), os.path.join(tmp, "vocab.txt"))  # the ids, for --bert-model DIR
+        with open(os.path.join(tmp, "vocab.txt"), "w", encoding="utf-8") as f:  # the ids, for --bert-model DIR
+            f.writelines(token + "\n" for token in read_wordpiece_vocab(bert_vocab_file(bert_model)))
         if visual is not None:
             torch.save(
                 {"feature_dim": visual.feature_dim, "hidden_size": bert.config.hidden_size,

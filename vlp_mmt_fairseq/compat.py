@@ -29,6 +29,8 @@ import typing
 
 import numpy as np
 
+from vlp_mmt_fairseq.errors import PluginError, install_excepthook
+
 
 def checkpoint_safe_globals() -> list:
     """The classes (beyond torch's defaults) that a fairseq checkpoint's pickle refers to."""
@@ -154,7 +156,7 @@ def show_plugin_options_in_help() -> None:
 # ----------------------------------------------------------------------------- crash-safe checkpoints
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PluginError, RuntimeError):
     """A checkpoint file cannot be read (truncated or corrupt); the message names the file."""
 
 
@@ -356,6 +358,7 @@ def apply() -> None:
     fix is no patch: the project's datasets call :func:`restore_dropped_sentences` themselves.
     """
     register_safe_checkpoint_globals()
+    install_excepthook()  # the plugin's own errors as one line (errors.py)
     if fairseq_needs_fixes():
         hide_tensorboardx_note()
         show_plugin_options_in_help()

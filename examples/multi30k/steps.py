@@ -26,7 +26,6 @@ from typing import Dict, Iterable, List, Optional
 
 from vlp_mmt_fairseq.file_utils import atomic_output
 
-
 PLACEHOLDER = re.compile(r"\{([A-Z0-9_]+)\}")
 
 

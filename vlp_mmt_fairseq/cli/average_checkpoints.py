@@ -19,12 +19,14 @@ import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from vlp_mmt_fairseq.errors import PluginError
+
 PROG = "vlp-mmt-average-checkpoints"
 EPOCH_CHECKPOINT = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_CHECKPOINT = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PluginError, ValueError):
     """A checkpoint is missing, unreadable or does not fit the others; the message names the files."""
 
 

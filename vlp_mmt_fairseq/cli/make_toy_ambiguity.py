@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from vlp_mmt_fairseq.file_utils import atomic_output
 from vlp_mmt_fairseq.features.synthetic_features import write_synthetic_store
+from vlp_mmt_fairseq.file_utils import atomic_output
 
 # ambiguous English word -> {sense concept: German translation}; k = 2 senses each
 AMBIGUOUS = {

@@ -31,9 +31,9 @@ import zipfile
 from typing import Iterator, List, Optional
 
 import numpy as np
-
 from tqdm import tqdm
 
+from vlp_mmt_fairseq.data.feature_store import FeatureStoreError
 from vlp_mmt_fairseq.features.detector_outputs import (
     ConversionError,
     DetectedImage,
@@ -41,7 +41,6 @@ from vlp_mmt_fairseq.features.detector_outputs import (
     load_class_names,
     write_detections,
 )
-from vlp_mmt_fairseq.data.feature_store import FeatureStoreError
 
 FEATURE_KEYS = ("x", "features", "feat", "feats")
 BOX_KEYS = ("bbox", "boxes", "bboxes")
@@ -98,14 +97,25 @@ def _scalar(fields: _Fields, names, what: str) -> int:
     value = fields.find(names, what)
     if value.size != 1:
         raise ConversionError(f"{fields.path}: {what} must be a single number, got shape {value.shape}")
-    return int(value.reshape(()))
+    number = value.reshape(())
+    if number.dtype.kind not in "iuf" or number.dtype.kind == "f" and not float(number).is_integer():
+        raise ConversionError(f"{fields.path}: {what} must be an integer, got {number!r}")
+    return int(number)
+
+
+def _numbers(fields: _Fields, names, what: str) -> np.ndarray:
+    """A numeric array of the file, as float32 (strings or objects are refused, not parsed)."""
+    value = fields.find(names, what)
+    if value.dtype.kind not in "iuf":
+        raise ConversionError(f"{fields.path}: {what} must be numbers, got dtype {value.dtype}")
+    return value.astype(np.float32)
 
 
 def read_npz(path: str, allow_pickle: bool = False) -> DetectedImage:
     """One ``.npz`` file as a :class:`DetectedImage` (key = file name without extension)."""
     fields = _Fields(path, allow_pickle)
-    features = fields.find(FEATURE_KEYS, "features").astype(np.float32)
-    boxes = fields.find(BOX_KEYS, "boxes").astype(np.float32)
+    features = _numbers(fields, FEATURE_KEYS, "features")
+    boxes = _numbers(fields, BOX_KEYS, "boxes")
     if features.ndim != 2 or features.shape[0] == 0:
         raise ConversionError(f"{path}: features must be [R, D] with R > 0, got shape {features.shape}")
     regions = features.shape[0]

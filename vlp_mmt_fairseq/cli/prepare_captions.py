@@ -36,13 +36,14 @@ from vlp_mmt_fairseq.bert_loading import (
     load_bert_tokenizer,
 )
 from vlp_mmt_fairseq.data.feature_store import image_key_from_line
+from vlp_mmt_fairseq.errors import PluginError
 from vlp_mmt_fairseq.file_utils import atomic_output
 
 logger = logging.getLogger("prepare_captions")
 BATCH_SIZE = 1000
 
 
-class CaptionError(Exception):
+class CaptionError(PluginError):
     """The input cannot be prepared; the message names the file and line at fault."""
 
 

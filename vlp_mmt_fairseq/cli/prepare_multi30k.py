@@ -65,6 +65,7 @@ from vlp_mmt_fairseq.bert_loading import (
     resolve_bert_path,
 )
 from vlp_mmt_fairseq.data.feature_store import image_key_from_line, write_image_index_npy
+from vlp_mmt_fairseq.errors import PluginError
 from vlp_mmt_fairseq.file_utils import atomic_output
 
 logger = logging.getLogger("prepare_multi30k")
@@ -86,7 +87,7 @@ BATCH_SIZE = 1000
 SPM_TRAIN_THREADS = 4
 
 
-class PrepareError(Exception):
+class PrepareError(PluginError):
     """The input cannot be prepared; the message names the file (and line) at fault."""
 
 
@@ -431,7 +432,8 @@ def write_bert_dir(splits: List[SplitText], build_dir: str, src: str, tgt: str, 
         pair = f"{split.out_name}.{src}-{tgt}"
         write_bert_source(os.path.join(bert_dir, f"{pair}.{src}"), split.bert_ids, len(bert_dict))
         for ext in ("bin", "idx"):
-            shutil.copyfile(os.path.join(text_dir, f"{pair}.{tgt}.{ext}"), os.path.join(bert_dir, f"{pair}.{tgt}.{ext}"))
+            shutil.copyfile(os.path.join(text_dir, f"{pair}.{tgt}.{ext}"),
+                            os.path.join(bert_dir, f"{pair}.{tgt}.{ext}"))
         for ext in ("txt", "npy"):
             shutil.copyfile(
                 os.path.join(build_dir, "images", f"{split.out_name}.{ext}"),

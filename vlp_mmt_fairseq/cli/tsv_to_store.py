@@ -21,9 +21,9 @@ import sys
 from typing import Iterator, Optional
 
 import numpy as np
-
 from tqdm import tqdm
 
+from vlp_mmt_fairseq.data.feature_store import FeatureStoreError
 from vlp_mmt_fairseq.features.detector_outputs import (
     ConversionError,
     DetectedImage,
@@ -31,7 +31,6 @@ from vlp_mmt_fairseq.features.detector_outputs import (
     load_class_names,
     write_detections,
 )
-from vlp_mmt_fairseq.data.feature_store import FeatureStoreError
 
 COLUMNS = (
     "img_id", "img_h", "img_w", "objects_id", "objects_conf",

@@ -20,7 +20,7 @@ Version 1 (contiguous datasets, no checksums) stays readable.
 An image *index* maps line i of a split to an image key (see :func:`image_key_from_line`).
 """
 import atexit
-import contextlib
+import glob
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -436,6 +436,9 @@ class FeatureStore:
         scores_ds = dataset("scores", "f", 1, required=False)
         tags_ds = dataset("tags", "string", 1, required=False)
         tag_scores_ds = dataset("tag_scores", "f", 1, required=tags_ds is not None)
+        for name, ds in (("boxes", boxes_ds), ("scores", scores_ds), ("tag_scores", tag_scores_ds)):
+            if strict and ds is not None and ds.dtype != np.float32:
+                raise FeatureStoreError(f"{where}: dataset '{name}' must be float32, got {ds.dtype}")
         if tags_ds is None and tag_scores_ds is not None:
             raise FeatureStoreError(f"{where}: 'tag_scores' without 'tags'")
         attrs = {name: group.attrs[name] for name in group.attrs}

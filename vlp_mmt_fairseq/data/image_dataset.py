@@ -18,11 +18,13 @@ class ImageDataset(FairseqDataset):
         tag_encoder: maps one tag string to WordPiece ids; ``None`` drops the tags
         sep: id appended after the tags (BERT's ``[SEP]``)
         pad: padding id of the tag tokens
+        regions: ``False`` drops the regions (tags only: every image has 0 regions)
     """
 
     def __init__(self, keys: np.ndarray, store: FeatureStore, tag_encoder: Optional[Callable[[str], List[int]]],
-                 sep: int, pad: int):
+                 sep: int, pad: int, regions: bool = True):
         super().__init__()
+        self.regions = regions
         self.keys = keys
         self.store = store
         self.tag_encoder = functools.lru_cache(maxsize=65536)(tag_encoder) if tag_encoder else None
@@ -42,9 +44,10 @@ class ImageDataset(FairseqDataset):
             for tag in image.tags:
                 tags.extend(self.tag_encoder(tag))
             tags.append(self.sep)
+        keep = None if self.regions else 0
         return {
-            "features": torch.from_numpy(image.features),  # R x D
-            "boxes": torch.from_numpy(image.boxes),  # R x 4
+            "features": torch.from_numpy(image.features[:keep]),  # R x D
+            "boxes": torch.from_numpy(image.boxes[:keep]),  # R x 4
             "tags": torch.tensor(tags, dtype=torch.long),  # T
         }
 

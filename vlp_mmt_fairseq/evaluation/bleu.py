@@ -54,8 +54,13 @@ def lowercase_normalize_tokenize(lines: List[str], lang: str) -> List[str]:
     ]
 
 
+def tokenized_bleu_metric():
+    """sacreBLEU's BLEU over whitespace tokens, no further tokenization or smoothing (``multi-bleu.perl``)."""
+    return _sacrebleu_bleu(tokenize="none", smooth_method="none", lowercase=True, force=True)
+
+
 def tokenized_bleu(hypotheses: List[str], references: List[str]) -> Tuple[float, str]:
     """BLEU over whitespace tokens, no further tokenization or smoothing (``multi-bleu.perl``)."""
-    bleu = _sacrebleu_bleu(tokenize="none", smooth_method="none", lowercase=True, force=True)
+    bleu = tokenized_bleu_metric()
     score = bleu.corpus_score(hypotheses, [references])
     return score.score, str(bleu.get_signature())

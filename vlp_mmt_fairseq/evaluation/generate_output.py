@@ -7,8 +7,10 @@ in batch order, so they are sorted back by id.
 
 from typing import Dict, List
 
+from vlp_mmt_fairseq.errors import PluginError
 
-class GenerateOutputError(ValueError):
+
+class GenerateOutputError(PluginError, ValueError):
     """A generate log is unreadable or does not match its references; the message names the file."""
 
 

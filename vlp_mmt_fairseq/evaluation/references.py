@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
+from vlp_mmt_fairseq.errors import PluginError
+
 #: Short test-set names and the Multi30K split each one stands for.
 TEST_SETS = {
     "test2016": "test_2016_flickr",
@@ -25,7 +27,7 @@ TEST_SETS = {
 MULTI30K_SPLITS = frozenset(TEST_SETS.values()) | {"train"}
 
 
-class ReferenceFilesError(ValueError):
+class ReferenceFilesError(PluginError, ValueError):
     """A test set is unknown, or its reference files are missing or unreadable."""
 
 

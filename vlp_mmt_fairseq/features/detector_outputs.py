@@ -8,13 +8,14 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vlp_mmt_fairseq.data.feature_store import FeatureStoreError, FeatureStoreWriter
+from vlp_mmt_fairseq.data.feature_store import BOX_TOLERANCE, FeatureStoreError, FeatureStoreWriter
+from vlp_mmt_fairseq.errors import PluginError
 
 #: the ``extractor`` attribute written by the converters unless ``--extractor`` says otherwise
 BOTTOM_UP_EXTRACTOR = "bottom-up-attention (Caffe Faster R-CNN R101, Visual Genome)"
 
 
-class ConversionError(ValueError):
+class ConversionError(PluginError, ValueError):
     """Unusable detector output; the message names the input file (and line or key)."""
 
 
@@ -49,11 +50,30 @@ def load_class_names(path: str) -> List[str]:
 
 
 def normalize_boxes(boxes: np.ndarray, width: int, height: int, where: str) -> np.ndarray:
-    """Pixel boxes (x1, y1, x2, y2) divided by (w, h, w, h) and clipped to [0, 1]."""
+    """Pixel boxes (x1, y1, x2, y2) divided by (w, h, w, h), checked, and clipped to [0, 1].
+
+    A box may reach past the image's border by ``BOX_TOLERANCE`` of its size (rounding); one further out means
+    the image size or the boxes are wrong (width and height swapped, boxes of a resized image), and boxes that
+    all lie within [0, 1] on an image larger than 2 x 2 pixels are already normalised: both are refused.
+    """
     if width <= 0 or height <= 0:
         raise ConversionError(f"{where}: image size must be positive, got width={width} height={height}")
+    boxes = np.asarray(boxes, dtype=np.float32)
+    if not np.isfinite(boxes).all():
+        raise ConversionError(f"{where}: boxes contain NaN or inf")
+    if boxes.size and width > 2 and height > 2 and 0.0 <= boxes.min() and boxes.max() <= 1.0:
+        raise ConversionError(f"{where}: the boxes are all within [0, 1] for a {width} x {height} image: they look "
+                              "normalised already, but pixel boxes are expected")
     scale = np.array([width, height, width, height], dtype=np.float32)
-    return np.clip(np.asarray(boxes, dtype=np.float32) / scale, 0.0, 1.0)
+    normalized = boxes / scale
+    outside = (normalized < -BOX_TOLERANCE) | (normalized > 1.0 + BOX_TOLERANCE)
+    if outside.any():
+        row, col = np.argwhere(outside)[0]
+        raise ConversionError(
+            f"{where}: region {row}'s box {boxes[row].tolist()} (pixels, x1 y1 x2 y2) lies outside the "
+            f"{width} x {height} image (width and height swapped?)"
+        )
+    return np.clip(normalized, 0.0, 1.0)
 
 
 def object_tags(image: DetectedImage, class_names: Optional[Sequence[str]]) -> Tuple[List[str], np.ndarray]:

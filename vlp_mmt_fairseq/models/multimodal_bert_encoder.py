@@ -5,6 +5,19 @@ embeddings (word, position, segment); the image's regions v enter through :class
 (no word or position embedding, as in Eq. 1). One attention mask covers the whole sequence, so
 BERT's layers run once over text and regions together. Both ``vlp_mmt`` (translation) and
 ``vlp_pretrain`` (VLP) use this module.
+
+``region_embedding`` (``--region-embedding``) adds an embedding e_j to region j inside FFN(v), before its
+layer norm (``LayerNorm(FFN(v_j) + e_j)``, as BERT normalises word + position + segment):
+
+- ``none``: nothing (Eq. 1, the default);
+- ``segment``: BERT's token-type (segment) embedding of segment 1, the segment of the tags: the image side;
+- ``position``: BERT's position embedding of the index the region would have if the regions continued the
+  row's text, ``len([CLS] x [SEP] t [SEP]) + j``;
+- ``type``: a learned vector shared by all regions (a region-type embedding; new, so it trains).
+
+``decoder_memory`` (``--decoder-memory``): ``all`` gives the decoder every position; ``text`` marks the
+regions as padding in ``encoder_padding_mask``, so the decoder's cross-attention never attends to them and
+the regions reach it only through BERT's self-attention over the text states.
 """
 from typing import Dict, List, Optional
 
@@ -15,6 +28,11 @@ from fairseq.models import FairseqEncoder
 from vlp_mmt_fairseq.modules.text_packing import PositionKind, pack_text
 from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
 
+REGION_EMBEDDINGS = ("none", "segment", "position", "type")
+DECODER_MEMORIES = ("all", "text")
+#: the segment (token type) that ``--region-embedding segment`` gives the regions: the tags' segment
+REGION_SEGMENT = 1
+
 
 class MultimodalBertEncoder(FairseqEncoder):
     """A Hugging Face ``BertModel`` over text, tags and regions, plus a projection to ``output_dim``.
@@ -24,8 +42,18 @@ class MultimodalBertEncoder(FairseqEncoder):
     """
 
     def __init__(self, dictionary, bert, feature_dim: Optional[int], output_dim: int,
-                 frozen: bool = False, frozen_dropout: bool = False, visual_frozen: bool = False):
+                 frozen: bool = False, frozen_dropout: bool = False, visual_frozen: bool = False,
+                 region_embedding: str = "none", decoder_memory: str = "all"):
         super().__init__(dictionary)
+        if region_embedding not in REGION_EMBEDDINGS:
+            raise ValueError(f"region embedding '{region_embedding}': expected one of {', '.join(REGION_EMBEDDINGS)}")
+        if decoder_memory not in DECODER_MEMORIES:
+            raise ValueError(f"decoder memory '{decoder_memory}': expected one of {', '.join(DECODER_MEMORIES)}")
+        if region_embedding == "segment" and bert.config.type_vocab_size <= REGION_SEGMENT:
+            raise ValueError(f"--region-embedding segment needs a BERT with {REGION_SEGMENT + 1} segments; this "
+                             f"one has {bert.config.type_vocab_size}")
+        self.region_embedding = region_embedding
+        self.decoder_memory = decoder_memory
         self.bert = bert
         hidden = bert.config.hidden_size
         self.max_text_positions = bert.config.max_position_embeddings
@@ -34,6 +62,9 @@ class MultimodalBertEncoder(FairseqEncoder):
             if feature_dim
             else None
         )
+        self.region_type_embedding = None
+        if region_embedding == "type" and self.visual is not None:
+            self.region_type_embedding = nn.Parameter(torch.empty(hidden).normal_(0, bert.config.initializer_range))
         self.output_projection = nn.Linear(hidden, output_dim) if output_dim != hidden else nn.Identity()
         self.frozen = frozen
         self.frozen_dropout = frozen_dropout
@@ -74,18 +105,37 @@ class MultimodalBertEncoder(FairseqEncoder):
         x = self.bert.embeddings(input_ids=tokens, token_type_ids=segments)  # B x L x H
         keep = tokens.ne(d.pad())  # B x L
         if self.visual is not None and region_features is not None and region_features.size(1) > 0:
-            v = self.visual(region_features, region_boxes)  # B x R x H
+            v = self.visual(region_features, region_boxes, self.region_input_embedding(keep, region_features.size(1)))
             x = torch.cat([x, v.to(x.dtype)], dim=1)  # B x (L + R) x H
             keep = torch.cat([keep, region_mask], dim=1)
             region_kinds = torch.full_like(region_mask, int(PositionKind.REGION), dtype=kinds.dtype)
             kinds = torch.cat([kinds, region_kinds.masked_fill(~region_mask, int(PositionKind.PAD))], dim=1)
         return x, keep, kinds
 
+    def region_input_embedding(self, text_keep: torch.Tensor, num_regions: int) -> Optional[torch.Tensor]:
+        """e_j of ``--region-embedding`` (B x R x H or 1 x 1 x H), or None; ``text_keep``: B x L."""
+        if self.region_embedding == "segment":
+            return self.bert.embeddings.token_type_embeddings.weight[REGION_SEGMENT].view(1, 1, -1)
+        if self.region_embedding == "type":
+            return self.region_type_embedding.view(1, 1, -1)
+        if self.region_embedding == "position":
+            positions = text_keep.sum(1, keepdim=True) + torch.arange(num_regions, device=text_keep.device)  # B x R
+            if int(positions.max()) >= self.max_text_positions:
+                raise ValueError(f"--region-embedding position: text and {num_regions} regions need "
+                                 f"{int(positions.max()) + 1} positions; BERT has {self.max_text_positions}")
+            return self.bert.embeddings.position_embeddings(positions)  # B x R x H
+        return None
+
+    def input_trains(self, has_regions: bool) -> bool:
+        """Whether anything before BERT's layers trains: a trainable FFN(v) or a learned region-type embedding."""
+        return has_regions and (not self.visual_frozen or self.region_type_embedding is not None)
+
     def run_bert(self, embeddings: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """BERT's layers over ready-made embeddings (B x T x H), one mask over all of them."""
         from transformers.masking_utils import create_bidirectional_mask
 
-        mask = create_bidirectional_mask(config=self.bert.config, inputs_embeds=embeddings, attention_mask=keep)
+        # positional: the embeddings' keyword is input_embeds in transformers 5.0, inputs_embeds later
+        mask = create_bidirectional_mask(self.bert.config, embeddings, keep)
         return self.bert.encoder(embeddings, attention_mask=mask).last_hidden_state  # B x T x H
 
     def forward_bert(self, src_tokens, tag_tokens=None, region_features=None, region_boxes=None, region_mask=None):
@@ -93,7 +143,8 @@ class MultimodalBertEncoder(FairseqEncoder):
         if self.cache is not None and self.training:
             return self.cache.forward_bert(self, src_tokens, tag_tokens, region_features, region_boxes, region_mask)
         x, keep, kinds = self.embed(src_tokens, tag_tokens, region_features, region_boxes, region_mask)
-        if self.frozen and (self.visual is None or self.visual_frozen or region_features is None):
+        has_regions = self.visual is not None and region_features is not None
+        if self.frozen and not self.input_trains(has_regions):
             with torch.no_grad():  # nothing before BERT trains: no graph needed
                 return self.run_bert(x, keep), keep, kinds
         return self.run_bert(x, keep), keep, kinds
@@ -104,13 +155,19 @@ class MultimodalBertEncoder(FairseqEncoder):
         out = self.output_projection(hidden).transpose(0, 1)  # T x B x C
         return {
             "encoder_out": [out],  # T x B x C
-            "encoder_padding_mask": [~keep],  # B x T
+            "encoder_padding_mask": [self.decoder_padding_mask(keep, kinds)],  # B x T
             "encoder_embedding": [],
             "encoder_states": [],
             "src_tokens": [],
             "src_lengths": [keep.sum(1)],  # B
             "position_kinds": [kinds],  # B x T
         }
+
+    def decoder_padding_mask(self, keep: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """The positions the decoder must not attend to (B x T): padding, and the regions with ``text`` memory."""
+        if self.decoder_memory == "text":
+            return ~keep | kinds.eq(int(PositionKind.REGION))
+        return ~keep
 
     @torch.jit.export
     def reorder_encoder_out(self, encoder_out: Dict[str, List[torch.Tensor]], new_order):

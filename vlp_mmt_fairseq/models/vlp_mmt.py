@@ -13,7 +13,8 @@ from fairseq.models.transformer import TransformerDecoder, TransformerModel, bas
 from vlp_mmt_fairseq.bert_export import export_encoder, read_encoder_state
 from vlp_mmt_fairseq.bert_loading import load_bert_model
 from vlp_mmt_fairseq.dataclass.configs import BertEncoderConfig, add_dataclass_args
-from vlp_mmt_fairseq.models.multimodal_bert_encoder import MultimodalBertEncoder
+from vlp_mmt_fairseq.models import feature_record
+from vlp_mmt_fairseq.models.multimodal_bert_encoder import DECODER_MEMORIES, REGION_EMBEDDINGS, MultimodalBertEncoder
 from vlp_mmt_fairseq.modules.beamable_cross_attention import BeamableCrossAttentionMixin
 from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache
 
@@ -92,6 +93,18 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         add_dataclass_args(parser, BertEncoderConfig())
         parser.add_argument("--freeze-bert", action="store_true",
                             help="stage 1: freeze BERT (and FFN(v) when it comes from --load-vlp)")
+        parser.add_argument("--train-visual-projection", action="store_true",
+                            help="stage 1: keep FFN(v) training when it comes from --load-vlp (default: frozen "
+                                 "with BERT); BERT's output then changes, so --cache-frozen-encoder cannot be used")
+        parser.add_argument("--region-embedding", choices=REGION_EMBEDDINGS, default="none",
+                            help="what is added to FFN(v) of each region, before its layer norm: none (Eq. 1, "
+                                 "default); segment: BERT's segment embedding of segment 1 (the tags' segment); "
+                                 "position: BERT's position embedding, the regions numbered on after the text; "
+                                 "type: a learned region-type vector (it trains, so no --cache-frozen-encoder)")
+        parser.add_argument("--decoder-memory", choices=DECODER_MEMORIES, default="all",
+                            help="what the decoder's cross-attention sees: all encoder positions (default), or "
+                                 "text: the regions are hidden from it and shape the text states only through "
+                                 "BERT's self-attention (the modality loss then cannot run)")
         parser.add_argument("--load-vlp", metavar="PATH", default=None,
                             help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint (or a directory "
                                  "written by vlp-mmt-export-bert); the pre-training heads are dropped")
@@ -106,13 +119,21 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         parser.add_argument("--cache-frozen-encoder-dir", metavar="DIR", default=None,
                             help="where --cache-frozen-encoder spills and keeps its entries across runs "
                                  "(default: a temporary directory, removed at exit)")
+        parser.add_argument("--image-feature-dim", type=int, metavar="D", default=None,
+                            help="recorded in the checkpoint: the region feature size D the model was trained on "
+                                 "(0: none); filled from --image-features, and checked against it later")
+        parser.add_argument("--image-extractor", metavar="TEXT", default=None,
+                            help="recorded in the checkpoint: the 'extractor' of the store it was trained on")
 
     @classmethod
     def build_model(cls, args, task):
         vlp_mmt_base(args)
         bert = load_bert_model(task.cfg.bert_model, random_init=getattr(args, "bert_random_init", False))
-        feature_dim = task.feature_dim if task.use_images else None
-        encoder = MultimodalBertEncoder(task.source_dictionary, bert, feature_dim, args.decoder_embed_dim)
+        record = feature_record.record_for_task(args, task)  # a store unlike the recorded one stops here
+        feature_dim = record.feature_dim or None
+        encoder = MultimodalBertEncoder(task.source_dictionary, bert, feature_dim, args.decoder_embed_dim,
+                                        region_embedding=getattr(args, "region_embedding", "none"),
+                                        decoder_memory=getattr(args, "decoder_memory", "all"))
         loaded_visual = False
         if getattr(args, "load_vlp", None):
             loaded_visual = load_vlp_encoder(encoder, args.load_vlp)
@@ -127,12 +148,16 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         elif getattr(args, "export_vlp_bert", None):
             raise ValueError("--export-vlp-bert needs --load-vlp")
         encoder.frozen_dropout = getattr(args, "frozen_bert_dropout", False)
-        encoder.set_frozen(getattr(args, "freeze_bert", False), visual_frozen=loaded_visual)
+        visual_frozen = loaded_visual and not getattr(args, "train_visual_projection", False)
+        encoder.set_frozen(getattr(args, "freeze_bert", False), visual_frozen=visual_frozen)
         if getattr(args, "cache_frozen_encoder", False):
             encoder.cache = FrozenEncoderCache(args.cache_frozen_encoder_mem_mb, args.cache_frozen_encoder_dir)
         embed_tokens = TransformerModel.build_embedding(args, task.target_dictionary, args.decoder_embed_dim)
         decoder = CrossAttentionQueryDecoder(args, task.target_dictionary, embed_tokens)
-        return cls(encoder, decoder)
+        model = cls(encoder, decoder)
+        model.register_buffer(feature_record.BUFFER_NAME, record.to_tensor())  # checked when resuming
+        model.feature_record = record
+        return model
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, tag_tokens=None, region_features=None,
                 region_boxes=None, region_mask=None, return_cross_attn_queries: bool = False, **kwargs):
@@ -144,21 +169,25 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
             decoder_out[1]["encoder_out"] = encoder_out  # the memory the queries attended to
         return decoder_out
 
+    @classmethod
+    def from_pretrained(cls, model_dir, image_features=None, **kwargs):
+        """A model directory (``vlp-mmt-export-model``) as fairseq's GeneratorHubInterface, whose
+        ``translate(sentences, images=...)`` takes image paths, keys of ``image_features`` or ready features."""
+        from vlp_mmt_fairseq.models.hub_interface import from_pretrained
+
+        return from_pretrained(model_dir, image_features=image_features, **kwargs)
+
     def set_beam_size(self, beam_size):
         """Beam search: the decoder projects each sentence's memory once, not once per hypothesis."""
         self.decoder.set_beam_size(beam_size)
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """A multimodal checkpoint translated with ``--no-images`` (the "no image" probe): this model
-        has no FFN(v), so the checkpoint's FFN(v) weights are left out, with a note."""
+        """The checkpoint must have been trained on the features this model was built for (see
+        :mod:`~vlp_mmt_fairseq.models.feature_record`; a multimodal model keeps FFN(v) under ``--no-images``)."""
         super().upgrade_state_dict_named(state_dict, name)
-        if self.encoder.visual is None:
-            prefix = (name + "." if name else "") + "encoder.visual."
-            unused = [k for k in state_dict if k.startswith(prefix)]
-            if unused:
-                logger.info("no images: the checkpoint's FFN(v) weights (%d tensors) are not used", len(unused))
-                for key in unused:
-                    del state_dict[key]
+        record = getattr(self, "feature_record", None)
+        if record is not None:
+            feature_record.check_state_dict(record, state_dict, name + "." if name else "")
 
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())

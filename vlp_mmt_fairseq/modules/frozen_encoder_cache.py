@@ -28,9 +28,10 @@ import torch
 from fairseq.logging import metrics
 
 from vlp_mmt_fairseq.file_utils import atomic_output
+from vlp_mmt_fairseq.errors import PluginError
 
 
-class FrozenEncoderCacheError(ValueError):
+class FrozenEncoderCacheError(PluginError, ValueError):
     """The cache would return stale outputs for this model; the message says what trains."""
 
 
@@ -98,6 +99,9 @@ class FrozenEncoderCache:
         self.check(encoder, has_regions)
         if self.root is not None and self._dir is None:
             self._dir = os.path.join(self.root, weights_fingerprint(encoder.bert, encoder.visual))
+            region_embedding = getattr(encoder, "region_embedding", "none")
+            if has_regions and region_embedding != "none":  # the same weights give other outputs
+                self._dir += "-" + region_embedding
         with torch.no_grad():
             x, keep, kinds = encoder.embed(src_tokens, tag_tokens, region_features, region_boxes, region_mask)
             keys = sentence_keys(src_tokens, tag_tokens, region_features, region_boxes, region_mask,
@@ -136,7 +140,12 @@ class FrozenEncoderCache:
         if has_regions and not encoder.visual_frozen:
             raise FrozenEncoderCacheError(
                 "--cache-frozen-encoder: FFN(v) trains before BERT, so BERT's output changes; initialise FFN(v) "
-                "with --load-vlp (stage 1 then freezes it) or train without images (--no-images)")
+                "with --load-vlp (stage 1 then freezes it, unless --train-visual-projection) or train without "
+                "images (--no-images) or regions (--no-regions)")
+        if has_regions and getattr(encoder, "region_type_embedding", None) is not None:
+            raise FrozenEncoderCacheError(
+                "--cache-frozen-encoder cannot be combined with --region-embedding type: the learned region-type "
+                "embedding trains before BERT, so BERT's output changes")
 
     # ------------------------------------------------------------------ storage
 

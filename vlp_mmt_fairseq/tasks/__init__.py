@@ -1,4 +1,2 @@
 """Registers the tasks."""
-from vlp_mmt_fairseq.tasks import vlp_mmt  # noqa: F401
-from vlp_mmt_fairseq.tasks import vlp_pretrain  # noqa: F401
-from vlp_mmt_fairseq.tasks import bert_fused_translation  # noqa: F401
+from vlp_mmt_fairseq.tasks import bert_fused_translation, vlp_mmt, vlp_pretrain  # noqa: F401

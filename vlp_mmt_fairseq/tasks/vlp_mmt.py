@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 from fairseq import utils
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import Dictionary, LanguagePairDataset, data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 
@@ -38,6 +38,11 @@ class VlpMmtConfig(TranslationConfig, BertConfig, ImageConfig):
         metadata={"help": "text only: no regions and no tags (the BERT-encoder baseline; also the "
                           "'no image' probe of a multimodal model)"},
     )
+    no_regions: bool = field(
+        default=False,
+        metadata={"help": "tags only: the image's object tags t but no regions v (the model then has no FFN(v); "
+                          "--no-tags gives regions only)"},
+    )
     shuffle_images_seed: Optional[int] = field(
         default=None,
         metadata={"help": "probe: pair each sentence with another sentence's image (image index "
@@ -63,16 +68,21 @@ class VlpMmtTask(TranslationTask):
         super().__init__(cfg, src_dict, tgt_dict)
         self.store = None
         self.feature_dim = None
-        if self.use_images:
-            if not cfg.image_features:
-                raise ValueError("--image-features is required unless --no-images is given")
-            self.store = FeatureStore(cfg.image_features, max_regions=cfg.max_regions, max_tags=cfg.max_tags)
+        if self.use_images and cfg.image_features:  # (without one, a trained model takes stores per call)
+            self.store = self.open_store(cfg.image_features)
             self.feature_dim = self.store.feature_dim
         self.tag_encoder = TagEncoder(cfg.bert_model)
+
+    def open_store(self, path: str) -> FeatureStore:
+        return FeatureStore(path, max_regions=self.cfg.max_regions, max_tags=self.cfg.max_tags)
 
     @property
     def use_images(self) -> bool:
         return not self.cfg.no_images
+
+    @property
+    def use_regions(self) -> bool:
+        return self.use_images and not self.cfg.no_regions
 
     @classmethod
     def setup_task(cls, cfg: VlpMmtConfig, **kwargs):
@@ -114,6 +124,8 @@ class VlpMmtTask(TranslationTask):
         """The images of a split, checked against the number of sentences."""
         if not self.use_images:
             return None
+        if self.store is None:
+            raise ValueError("--image-features is required unless --no-images is given")
         index_path = self.image_index_path(split)
         keys = read_image_index(index_path)
         if len(keys) != num_sentences:
@@ -123,14 +135,50 @@ class VlpMmtTask(TranslationTask):
             )
         if self.cfg.shuffle_images_seed is not None:
             keys = keys[np.random.RandomState(self.cfg.shuffle_images_seed).permutation(len(keys))]
+        return self.image_dataset(keys, self.store)
+
+    def image_dataset(self, keys: np.ndarray, store: FeatureStore) -> ImageDataset:
+        """The images of ``keys`` (one per sentence) from ``store``."""
         tag_encoder = None if self.cfg.no_tags else self.tag_encoder
-        return ImageDataset(keys, self.store, tag_encoder, sep=self.src_dict.eos(), pad=self.src_dict.pad())
+        return ImageDataset(keys, store, tag_encoder, sep=self.src_dict.eos(), pad=self.src_dict.pad(),
+                            regions=self.use_regions)
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         # the modality loss's gate is sized after the decoder: (embedding dim, hidden dim)
         self.decoder_dims = (model.decoder.embed_tokens.embedding_dim, model.decoder.embed_dim)
+        self.decoder_memory = getattr(cfg, "decoder_memory", "all")
         return model
 
-    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
-        raise NotImplementedError("vlp_mmt needs images: use fairseq-generate on a prepared split")
+    def build_criterion(self, cfg):
+        criterion = super().build_criterion(cfg)
+        if getattr(criterion, "modality_layers", "off") != "off":
+            if not self.use_regions:
+                raise ValueError("the modality loss needs regions: pass --modality-loss off with --no-regions")
+            if getattr(self, "decoder_memory", "all") == "text":
+                raise ValueError("the modality loss attends over the regions, which --decoder-memory text hides "
+                                 "from the decoder: pass --modality-loss off (or --decoder-memory all)")
+        return criterion
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        """fairseq's metrics; with ``--eval-bleu``, a validation whose hypotheses are all empty (an untrained model)
+        logs BLEU 0 where fairseq logs none, so ``--best-checkpoint-metric bleu`` has a value at every epoch."""
+        super().reduce_metrics(logging_outputs, criterion)
+        validated = [log for log in logging_outputs if "_bleu_totals_0" in log]
+        if self.cfg.eval_bleu and validated and sum(log["_bleu_totals_0"] for log in validated) == 0:
+            from fairseq.logging import metrics
+
+            metrics.log_scalar("bleu", 0.0, round=2)
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None, image_keys=None, store=None):
+        """Sentences (BERT ids) to translate and, unless ``--no-images``, the key of each one's image in ``store``
+        (default: ``--image-features``); used by ``VlpMmtModel.from_pretrained(...).translate``."""
+        pair = LanguagePairDataset(src_tokens, src_lengths, self.tgt_dict, left_pad_source=False,
+                                   constraints=constraints)  # target's pad/eos on both sides, see MultimodalPairDataset
+        images = None
+        if self.use_images:
+            store = store if store is not None else self.store
+            if store is None or image_keys is None or len(image_keys) != len(src_tokens):
+                raise ValueError("this model translates sentences with their images: give one image per sentence")
+            images = self.image_dataset(np.array([str(k).encode("utf-8") for k in image_keys]), store)
+        return MultimodalPairDataset(pair, self.src_dict.pad(), images)

@@ -1,4 +1,4 @@
-"""Helpers for tests that run ``fairseq-train`` several times, side by side."""
+"""Helpers shared by the tests: the repository's paths, the real CLIs, and fairseq-train runs side by side."""
 import json
 import os
 import socket
@@ -9,7 +9,32 @@ from pathlib import Path
 from typing import List
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: the plugin, as ``--user-dir`` names it
+USER_DIR = str(REPO_ROOT / "vlp_mmt_fairseq")
+#: the read-only data beside the repository (/work/shared; see its README)
+SHARED_DIR = Path(os.environ.get("VLP_MMT_SHARED") or REPO_ROOT.parent / "shared")
+#: runs fairseq-train with observers of the logged losses and gradients (tests/fairseq_train_probe.py)
 PROBE = Path(__file__).resolve().parent / "fairseq_train_probe.py"
+
+
+def console_script(name: str) -> str:
+    """A console script (fairseq-train, vlp-mmt-prepare-multi30k, ...) of the environment running the tests."""
+    return str(Path(sys.executable).parent / name)
+
+
+def fairseq_train() -> str:
+    return console_script("fairseq-train")
+
+
+def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command; fail the test with its output when it exits non-zero."""
+    result = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+    assert result.returncode == 0, f"{' '.join(map(str, args))}\n{result.stdout[-6000:]}"
+    return result
+
+
+# ----------------------------------------------------------------------------- runs side by side
 
 
 def cli_env() -> dict:
@@ -58,8 +83,7 @@ def wait_for(predicate, process: subprocess.Popen, log: Path, timeout: float = 3
     raise AssertionError(f"timed out waiting:\n{log.read_text()[-4000:]}")
 
 
-def fairseq_train() -> str:
-    return str(Path(sys.executable).parent / "fairseq-train")
+# ----------------------------------------------------------------------------- fairseq-train in this process
 
 
 def load_plugin() -> None:

@@ -1,0 +1,498 @@
+#!/usr/bin/env python
+"""Stage-1 ablations of issue 14: why the multimodal model translates worse than text-only, one budget for all.
+
+Example (the full ablation on the prepared Multi30K en-de and the caption-proxy store; see README.md)::
+
+    python examples/ablations/ablate.py --data data/multi30k.en-de --features features/caption_proxy.h5 \\
+        --budget cpu --threads 1
+
+Every variant (``VARIANTS``) is stage 1 (BERT frozen, no modality loss) with the same decoder, batch size,
+optimiser, schedule and number of epochs; it differs from ``base`` (short VLP, FFN(v) frozen, tags and regions,
+the paper's Eq. 1) in one thing. Its steps: ``train.V`` (fairseq-train, the frozen-encoder cache where nothing
+before BERT trains), ``generate.V.valid`` / ``generate.V.test2016`` / ``generate.V.test2016.incongruent``
+(fairseq-generate from the best checkpoint on valid BLEU; the probe shuffles the images with
+``--shuffle-images-seed 1``), ``mass.V`` (vlp-mmt-attention-mass at the first and the last epoch checkpoint, on
+valid) and ``prune.V`` (deletes the intermediate epoch checkpoints and the encoder cache). Steps run through
+examples/multi30k/steps.py's StepRunner: finished steps are reused, an interrupted run continues.
+
+The table (``WORK/results/ablation.{md,csv,json}``, ``attention_mass.png``) gives per variant the detokenized
+sacreBLEU on valid and test2016 (and the lowercased tokenized BLEU where the data has ``tok/``), the BLEU lost
+with shuffled images, the step times, and the cross-attention mass on text, tag and region positions (mean over
+decoder layers) after the first and the last epoch.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+# the step runner of the Multi30K comparison (examples are scripts, not a package)
+sys.path.insert(0, os.path.join(REPO, "examples", "multi30k"))
+
+from steps import Step, StepError, StepRunner, order_steps, python_env, shell_command  # noqa: E402
+
+from vlp_mmt_fairseq.file_utils import atomic_output  # noqa: E402
+
+USER_DIR = "{REPO}/vlp_mmt_fairseq"
+EVAL_SPLITS = ("valid", "test2016")
+PROBE_SPLIT = "test2016"
+PROBE = ["--shuffle-images-seed", "1"]
+GEN_LEN = ["--max-len-a", "1.5", "--max-len-b", "10"]
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every variant of one ablation shares."""
+
+    name: str
+    summary: str
+    arch: str
+    decoder: Tuple[str, ...]  # decoder-size flags on top of the arch
+    max_tokens: int
+    lr: float
+    warmup_updates: int
+    dropout: float
+    epochs: int
+    vlp_lr: float
+    vlp_short_updates: int
+    vlp_long_updates: int
+    regions_few: int  # the "number of regions" variant keeps this many (the others keep every stored region)
+    valid_beam: int
+    test_beam: int
+    gen_max_tokens: int
+    device: Tuple[str, ...] = ("--cpu", "--num-workers", "0")
+
+
+BUDGETS = {
+    "tiny": Budget(
+        name="tiny", summary="pipeline check on the toy corpus (tests): vlp_mmt_tiny, 2 epochs, VLP of 4 and 8 updates",
+        arch="vlp_mmt_tiny", decoder=(), max_tokens=2000, lr=2e-3, warmup_updates=10, dropout=0.1, epochs=2,
+        vlp_lr=1e-4, vlp_short_updates=4, vlp_long_updates=8, regions_few=1, valid_beam=1, test_beam=2,
+        gen_max_tokens=4000,
+    ),
+    "cpu": Budget(
+        name="cpu",
+        summary="full Multi30K on one CPU thread per step: the bundled MiniLM frozen, a 4-layer d=128 decoder "
+                "(FFN 256, 4 heads), 4,096 tokens per batch, lr 2e-3 inverse_sqrt with 400 warm-up updates, "
+                "8 epochs; VLP of 300 (short) and 1,200 (long) updates",
+        arch="vlp_mmt_tiny",
+        decoder=("--decoder-layers", "4", "--decoder-embed-dim", "128", "--decoder-ffn-embed-dim", "256",
+                 "--decoder-attention-heads", "4"),
+        max_tokens=4096, lr=2e-3, warmup_updates=400, dropout=0.3, epochs=8,
+        vlp_lr=5e-5, vlp_short_updates=300, vlp_long_updates=1200, regions_few=1, valid_beam=1, test_beam=5,
+        gen_max_tokens=8000,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row: how it differs from ``base``.
+
+    ``task_flags`` go to training, generation and the attention mass (fairseq-generate takes task options from
+    its own command line); ``model_flags`` to training only (the checkpoint keeps them).
+    """
+
+    name: str
+    label: str
+    vlp: Optional[str] = "short"  # None (the plain BERT), "short" or "long"
+    images: bool = True
+    task_flags: Tuple[str, ...] = ()
+    model_flags: Tuple[str, ...] = ()
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether nothing before BERT trains, so --cache-frozen-encoder applies."""
+        if not self.images or "--no-regions" in self.task_flags:
+            return True
+        return self.vlp is not None and "--train-visual-projection" not in self.model_flags and \
+            "type" not in self.model_flags
+
+
+def variants(budget: Budget) -> Dict[str, Variant]:
+    few = str(budget.regions_few)
+    rows = (
+        Variant("text_plain", "text only, plain BERT (BERT-enc)", vlp=None, images=False),
+        Variant("text_vlp", "text only, BERT from the short VLP", images=False),
+        Variant("text_vlp_long", "text only, BERT from the long VLP", vlp="long", images=False),
+        Variant("base", "short VLP, FFN(v) frozen, tags + regions (today's stage 1)"),
+        Variant("vlp_none", "no VLP (plain BERT, fresh FFN(v), trained)", vlp=None),
+        Variant("vlp_long", "long VLP", vlp="long"),
+        Variant("ffn_trained", "FFN(v) trained in stage 1", model_flags=("--train-visual-projection",)),
+        Variant("tags_only", "tags only (no regions)", task_flags=("--no-regions",)),
+        Variant("regions_only", "regions only (no tags)", task_flags=("--no-tags",)),
+        Variant(f"regions_{few}", f"at most {few} region(s)", task_flags=("--max-regions", few)),
+        Variant("emb_segment", "regions + segment embedding", model_flags=("--region-embedding", "segment")),
+        Variant("emb_position", "regions + position embedding", model_flags=("--region-embedding", "position")),
+        Variant("emb_type", "regions + learned type embedding", model_flags=("--region-embedding", "type")),
+        Variant("decoder_text", "decoder sees no region position", model_flags=("--decoder-memory", "text")),
+    )
+    return {v.name: v for v in rows}
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def train_log(run: str) -> str:
+    return f"logs/train.{run}.log"
+
+
+def vlp_step(budget: Budget, args, which: str) -> Step:
+    """VLP (Algorithm 1, steps 3-4) on the training sources and their images: ``which`` is short or long."""
+    run = f"vlp_{which}"
+    updates = budget.vlp_short_updates if which == "short" else budget.vlp_long_updates
+    return Step(
+        f"train.{run}",
+        ["fairseq-train", "{DATA}/bert", "--user-dir", USER_DIR, "--task", "vlp_pretrain", "--source-lang", args.src,
+         "--arch", "vlp_pretrain_base", "--criterion", "vlp_pretrain_loss", "--bert-model", args.bert_model,
+         "--image-features", "{FEATURES}", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+         "--lr", str(budget.vlp_lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(max(1, updates // 10)),
+         "--warmup-init-lr", "1e-07", "--weight-decay", "0.01", "--max-tokens", str(budget.max_tokens),
+         "--max-update", str(updates), "--save-dir", f"ckpt/{run}", "--no-epoch-checkpoints",
+         "--seed", "1", "--log-format", "json", "--log-interval", "10", *budget.device],
+        outputs=[f"ckpt/{run}/checkpoint_last.pt"], log=train_log(run), clean=[f"ckpt/{run}", train_log(run)],
+    )
+
+
+def image_flags(variant: Variant) -> List[str]:
+    if not variant.images:
+        return ["--no-images"]
+    return ["--image-features", "{FEATURES}", *variant.task_flags]
+
+
+def train_step(budget: Budget, args, variant: Variant) -> Step:
+    v = variant.name
+    command = ["fairseq-train", "{DATA}/bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "-s", args.src,
+               "-t", args.tgt, "--bert-model", args.bert_model, "--arch", budget.arch, *budget.decoder,
+               "--criterion", "vlp_mmt_loss", "--modality-loss", "off", "--freeze-bert", *image_flags(variant),
+               *variant.model_flags]
+    after = []
+    if variant.vlp:
+        command += ["--load-vlp", f"ckpt/vlp_{variant.vlp}/checkpoint_last.pt"]
+        after.append(f"train.vlp_{variant.vlp}")
+    if variant.cacheable:
+        command += ["--cache-frozen-encoder", "--cache-frozen-encoder-dir", f"cache/{v}"]
+    valid_generation = json.dumps({"beam": budget.valid_beam, "max_len_a": 1.5, "max_len_b": 10})
+    command += [
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", str(budget.lr), "--lr-scheduler", "inverse_sqrt",
+        "--warmup-updates", str(budget.warmup_updates), "--warmup-init-lr", "1e-07", "--weight-decay", "0.0001",
+        "--dropout", str(budget.dropout), "--label-smoothing", "0.1", "--max-tokens", str(budget.max_tokens),
+        "--required-batch-size-multiple", "1", "--max-epoch", str(budget.epochs), "--save-dir", f"ckpt/{v}",
+        "--eval-bleu", "--eval-bleu-args", valid_generation, "--eval-bleu-detok", "space",
+        "--eval-bleu-remove-bpe", "sentencepiece", "--best-checkpoint-metric", "bleu",
+        "--maximize-best-checkpoint-metric", "--seed", "1", "--log-format", "json", "--log-interval", "10",
+        *budget.device,
+    ]
+    return Step(f"train.{v}", command, outputs=[f"ckpt/{v}/checkpoint_last.pt", f"ckpt/{v}/checkpoint_best.pt"],
+                after=after, log=train_log(v), clean=[f"ckpt/{v}", f"cache/{v}", train_log(v)])
+
+
+def generation_output(variant: str, split: str, probe: bool = False) -> str:
+    return f"gen/{variant}/{split}{'.incongruent' if probe else ''}.txt"
+
+
+def generate_step(budget: Budget, args, variant: Variant, split: str, probe: bool) -> Step:
+    v = variant.name
+    output = generation_output(v, split, probe)
+    command = ["fairseq-generate", "{DATA}/bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "-s", args.src,
+               "-t", args.tgt, "--bert-model", args.bert_model, *image_flags(variant),
+               "--path", f"ckpt/{v}/checkpoint_best.pt", "--gen-subset", split, "--beam", str(budget.test_beam),
+               "--max-tokens", str(budget.gen_max_tokens), *GEN_LEN, "--required-batch-size-multiple", "1",
+               "--post-process", "sentencepiece", *budget.device, *(PROBE if probe else [])]
+    return Step(f"generate.{v}.{split}{'.incongruent' if probe else ''}", command, outputs=[output],
+                after=[f"train.{v}"], stdout=output, log=f"logs/generate.{v}.log")
+
+
+def mass_step(budget: Budget, args, variant: Variant) -> Step:
+    v = variant.name
+    return Step(
+        f"mass.{v}",
+        ["vlp-mmt-attention-mass", "{DATA}/bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "-s", args.src,
+         "-t", args.tgt, "--bert-model", args.bert_model, *image_flags(variant),
+         "--checkpoint", f"first=ckpt/{v}/checkpoint1.pt", "--checkpoint", f"last=ckpt/{v}/checkpoint_last.pt",
+         "--gen-subset", "valid", "--max-tokens", str(budget.gen_max_tokens), "--required-batch-size-multiple", "1",
+         *budget.device, "--output-prefix", f"mass/{v}"],
+        outputs=[f"mass/{v}.json"], after=[f"train.{v}"], log=f"logs/mass.{v}.log",
+    )
+
+
+PRUNE = ("import glob, os, re, shutil, sys; "
+         "[os.remove(p) for p in glob.glob(os.path.join(sys.argv[1], 'checkpoint*.pt')) "
+         "if re.fullmatch(r'checkpoint([2-9]|\\d\\d+)\\.pt', os.path.basename(p))]; "
+         "shutil.rmtree(sys.argv[2], ignore_errors=True)")
+
+
+def prune_step(variant: Variant, after: List[str]) -> Step:
+    """Free the disk: epoch checkpoints but the first (best and last stay), and the encoder cache."""
+    v = variant.name
+    return Step(f"prune.{v}", ["{PYTHON}", "-c", PRUNE, f"ckpt/{v}", f"cache/{v}"], after=after,
+                log=f"logs/prune.{v}.log")
+
+
+def variant_steps(budget: Budget, args, variant: Variant) -> List[Step]:
+    steps = [train_step(budget, args, variant)]
+    steps += [generate_step(budget, args, variant, split, False) for split in EVAL_SPLITS]
+    if variant.images:
+        steps.append(generate_step(budget, args, variant, PROBE_SPLIT, True))
+    steps.append(mass_step(budget, args, variant))
+    steps.append(prune_step(variant, [s.name for s in steps]))
+    return steps
+
+
+def all_steps(budget: Budget, args) -> Dict[str, Step]:
+    steps = {s.name: s for s in (vlp_step(budget, args, "short"), vlp_step(budget, args, "long"))}
+    for variant in variants(budget).values():
+        steps.update({s.name: s for s in variant_steps(budget, args, variant)})
+    return steps
+
+
+def wanted_steps(budget: Budget, args) -> List[Step]:
+    return order_steps(all_steps(budget, args), [f"prune.{v}" for v in args.variants])
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def score(data: str, tgt: str, output: str, split: str) -> Dict[str, Optional[float]]:
+    """Detokenized sacreBLEU against ``DATA/raw``; lowercased tokenized BLEU where ``DATA/tok`` has the split."""
+    from vlp_mmt_fairseq.evaluation.bleu import detokenized_bleu, lowercase_normalize_tokenize, tokenized_bleu
+    from vlp_mmt_fairseq.evaluation.generate_output import read_detokenized_hypotheses
+    from vlp_mmt_fairseq.evaluation.references import read_lines
+
+    raw = read_lines(os.path.join(data, "raw", f"{split}.{tgt}"))
+    hypotheses = read_detokenized_hypotheses(output, len(raw), references=f"{data}/raw/{split}.{tgt}")
+    bleu, _ = detokenized_bleu(hypotheses, raw)
+    result = {"bleu": round(bleu, 2), "bleu_tok": None}
+    tok_path = os.path.join(data, "tok", f"{split}.{tgt}")
+    if os.path.exists(tok_path):
+        tok = [" ".join(line.split()) for line in read_lines(tok_path)]
+        result["bleu_tok"] = round(tokenized_bleu(lowercase_normalize_tokenize(hypotheses, tgt), tok)[0], 2)
+    return result
+
+
+def mean_mass(result: dict) -> Dict[str, float]:
+    layers = result["layers"]
+    return {kind: round(sum(layer[kind] for layer in layers) / len(layers), 4)
+            for kind in ("text", "tag", "region", "special")}
+
+
+def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, current: Dict[str, bool]) -> dict:
+    steps = variant_steps(budget, args, variant)
+    records = {s.name: runner.record(s) if current.get(s.name) else None for s in steps}
+    row = {"variant": variant.name, "label": variant.label, "cache": variant.cacheable, "finished": False}
+    if not all(records.values()):
+        return row
+    work = runner.work_dir
+    for split in EVAL_SPLITS:
+        row[split] = score(args.data, args.tgt, os.path.join(work, generation_output(variant.name, split)), split)
+    if variant.images:
+        row["incongruent"] = score(args.data, args.tgt,
+                                   os.path.join(work, generation_output(variant.name, PROBE_SPLIT, True)), PROBE_SPLIT)
+        row["bleu_lost_incongruent"] = round(row[PROBE_SPLIT]["bleu"] - row["incongruent"]["bleu"], 2)
+    with open(os.path.join(work, f"mass/{variant.name}.json"), encoding="utf-8") as f:
+        mass = json.load(f)
+    row["mass"] = {label: mean_mass(result) for label, result in mass.items()}
+    row["mass_per_layer"] = {label: result["layers"] for label, result in mass.items()}
+    row["train_seconds"] = records[f"train.{variant.name}"]["seconds"]
+    row["step_seconds"] = round(sum(r["seconds"] for r in records.values()), 1)
+    row["command"] = shell_command(train_step(budget, args, variant))
+    row["finished"] = True
+    return row
+
+
+def fmt(value, digits=1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def mass_cell(row: dict, kind: str) -> str:
+    if "mass" not in row:
+        return ""
+    return f"{row['mass']['first'][kind]:.2f} → {row['mass']['last'][kind]:.2f}"
+
+
+COLUMNS = ["variant", "what differs from base", "valid BLEU", "test2016 BLEU", "test2016 BLEU tok", "shuffled",
+           "BLEU lost shuffled", "train min", "steps min", "text mass", "tag mass", "region mass"]
+
+
+def table_cells(row: dict) -> List[str]:
+    if not row["finished"]:
+        return [row["variant"], row["label"]] + ["not run"] + [""] * (len(COLUMNS) - 3)
+    incongruent = row.get("incongruent", {}).get("bleu")
+    return [row["variant"], row["label"], fmt(row["valid"]["bleu"]), fmt(row["test2016"]["bleu"]),
+            fmt(row["test2016"]["bleu_tok"]), fmt(incongruent), fmt(row.get("bleu_lost_incongruent"), 2),
+            fmt(row["train_seconds"] / 60), fmt(row["step_seconds"] / 60),
+            mass_cell(row, "text"), mass_cell(row, "tag"), mass_cell(row, "region")]
+
+
+def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[str, Optional[float]]) -> str:
+    """``results/ablation.{md,csv,json}`` and ``results/attention_mass.png``; returns the Markdown."""
+    import csv
+    import io
+
+    every = wanted_steps(budget, args)
+    current = runner.plan(every, strict=False)
+    rows = [variant_row(runner, budget, args, variants(budget)[name], current) for name in args.variants]
+    out = os.path.join(runner.work_dir, "results")
+    os.makedirs(out, exist_ok=True)
+    notes = [
+        f"{args.src}-{args.tgt}, budget '{budget.name}': {budget.summary}.",
+        "Stage 1 (BERT frozen, no modality loss) for every row; each row differs from `base` in what its second "
+        "column says. BLEU: detokenized sacreBLEU of the best checkpoint on valid BLEU, beam "
+        f"{budget.test_beam}; 'BLEU tok': lowercased tokenized BLEU (where the data has tok/). 'shuffled': "
+        "test2016 with the images shuffled across sentences (--shuffle-images-seed 1).",
+        "Mass: the decoder's cross-attention mass on source-text, tag and region positions, mean over layers, after "
+        "the first → the last epoch (references of valid force-decoded; special tokens take the rest).",
+        "Times: the step's own seconds at the thread count it ran with; 'steps' adds generation and the mass. "
+        "VLP: " + ", ".join(f"{k} {fmt(v / 60 if v else None)} min" for k, v in vlp_seconds.items()) + ".",
+        "Rows without the frozen-encoder cache (something before BERT trains): "
+        + ", ".join(r["variant"] for r in rows if not r["cache"]) + ".",
+    ]
+    lines = [f"## Stage-1 ablation ({args.src}-{args.tgt}, budget '{budget.name}')", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|"]
+    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+    lines += [""] + [f"- {note}" for note in notes] + [""]
+    markdown = "\n".join(lines)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    writer.writerows(table_cells(row) for row in rows)
+    summary = {"budget": asdict(budget), "src": args.src, "tgt": args.tgt, "data": os.path.abspath(args.data),
+               "features": os.path.abspath(args.features) if args.features else None,
+               "vlp_seconds": vlp_seconds, "notes": notes, "rows": rows}
+    for name, text in (("ablation.md", markdown), ("ablation.csv", buffer.getvalue()),
+                       ("ablation.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")):
+        with atomic_output(os.path.join(out, name)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+    finished = [row for row in rows if row["finished"]]
+    if finished:
+        plot_mass(finished, os.path.join(out, "attention_mass.png"), budget)
+    return markdown
+
+
+def plot_mass(rows: List[dict], path: str, budget: Budget) -> None:
+    """Per variant two stacked bars (after the first and the last epoch): mean cross-attention mass per kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"text": "#4c72b0", "tag": "#dd8452", "region": "#55a868", "special": "#8c8c8c"}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.0))
+    for i, row in enumerate(rows):
+        for j, label in enumerate(("first", "last")):
+            bottom = 0.0
+            for kind, color in colors.items():
+                value = row["mass"][label][kind]
+                ax.bar(i + (j - 0.5) * 0.38, value, width=0.36, bottom=bottom, color=color,
+                       alpha=0.55 if label == "first" else 1.0, label=kind if i == 0 and j == 1 else None)
+                bottom += value
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([row["variant"] for row in rows], rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("cross-attention mass (mean over layers)")
+    ax.set_title(f"Decoder cross-attention mass after the first (light) and last epoch (budget '{budget.name}')",
+                 fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True,
+                        help="Multi30K prepared by vlp-mmt-prepare-multi30k (its bert/, raw/ and tok/ are read)")
+    parser.add_argument("--features", help="the image-feature store of every image of the data, e.g. the "
+                        "caption-proxy store of vlp-mmt-caption-proxy-store (needed unless only text-only variants run)")
+    parser.add_argument("--src", default="en")
+    parser.add_argument("--tgt", default="de")
+    parser.add_argument("--bert-model", default="bundled-minilm", help="the BERT of --data (default bundled-minilm)")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="cpu",
+                        help="; ".join(f"{b.name}: {b.summary}" for b in BUDGETS.values()))
+    parser.add_argument("--variants", nargs="+", metavar="VARIANT",
+                        help="the rows to run (default: all): " + ", ".join(variants(BUDGETS["cpu"])))
+    parser.add_argument("--work-dir", help="where everything goes (default work_dirs/ablation.SRC-TGT.BUDGET)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads per step (OMP_NUM_THREADS)")
+    parser.add_argument("--redo", nargs="+", default=[], metavar="STEP", help="run these steps again")
+    parser.add_argument("--tables-only", action="store_true", help="run nothing: write the table from what is done")
+    parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, then stop")
+    return parser
+
+
+def stop_on_sigterm() -> None:
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    budget = BUDGETS[args.budget]
+    known = variants(budget)
+    args.variants = args.variants or list(known)
+    unknown = [v for v in args.variants if v not in known]
+    if unknown:
+        sys.exit(f"error: unknown variant {unknown[0]}; known: {', '.join(known)}")
+    if not os.path.isdir(os.path.join(args.data, "bert")):
+        sys.exit(f"error: {args.data}: no bert/ folder (prepare the data with vlp-mmt-prepare-multi30k)")
+    needs_features = any(known[v].images or known[v].vlp for v in args.variants)
+    if needs_features and not args.features:
+        sys.exit("error: --features is needed: the multimodal variants and VLP read the image store")
+    if args.features and not os.path.isfile(args.features):
+        sys.exit(f"error: --features {args.features}: no such file")
+    stop_on_sigterm()
+    start = time.time()
+    work_dir = args.work_dir or os.path.join(REPO, "work_dirs", f"ablation.{args.src}-{args.tgt}.{budget.name}")
+    values = {"REPO": REPO, "PYTHON": sys.executable, "DATA": os.path.abspath(args.data),
+              "FEATURES": os.path.abspath(args.features) if args.features else ""}
+    env = python_env()
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    runner = StepRunner(work_dir, values, env=env)
+    try:
+        ordered = wanted_steps(budget, args)
+        if args.dry_run:
+            reused = runner.plan(ordered, strict=False)
+            for step in ordered:
+                print(f"# {step.name} [{'done' if reused[step.name] else 'to run'}]\n{shell_command(step)}")
+            return
+        if not args.tables_only:
+            by_name = {s.name: s for s in ordered}
+            for name in args.redo:
+                if name not in by_name:
+                    raise StepError(f"--redo {name}: no such step among the selected variants' steps")
+                runner.forget(by_name[name])
+            print(f"{len(ordered)} steps in {runner.work_dir} (budget '{budget.name}', {args.src}-{args.tgt})")
+            runner.run(ordered)
+        vlp_seconds = {}
+        for which in ("short", "long"):
+            record = runner.record(vlp_step(budget, args, which))
+            vlp_seconds[which] = record["seconds"] if record else None
+        table = write_results(runner, budget, args, vlp_seconds)
+    except StepError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: run the same command again to continue where it stopped")
+    print("\n" + table)
+    print(f"results in {os.path.join(runner.work_dir, 'results')}; wall time of this run: {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

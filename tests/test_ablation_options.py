@@ -1,0 +1,196 @@
+"""The options the ablation of issue 14 varies: each changes what it should, and the defaults change nothing.
+
+--no-regions, --region-embedding, --decoder-memory, --train-visual-projection; in process, on the toy data with
+a tiny random BERT (as tests/test_vlp_mmt_model.py).
+"""
+from pathlib import Path
+
+import pytest
+import torch
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from vlp_mmt_fairseq.evaluation.attention_mass import CrossAttentionRecorder, attention_mass
+from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache, FrozenEncoderCacheError
+from vlp_mmt_fairseq.modules.text_packing import PositionKind
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vlp_export(tiny_bert_dir, tmp_path_factory):
+    """A --load-vlp directory: the tiny BERT and an FFN(v) for the toy store's 32-dim features."""
+    from transformers import BertModel
+
+    from vlp_mmt_fairseq.bert_export import export_encoder
+    from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
+
+    bert = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False)
+    torch.manual_seed(0)
+    return export_encoder(bert, VisualProjection(32, bert.config.hidden_size),
+                          str(tmp_path_factory.mktemp("vlp") / "export"), str(tiny_bert_dir))
+
+
+def build(toy_data, toy_corpus, tiny_bert_dir, *extra, criterion=True):
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(toy_data / "bert"), "--user-dir", str(REPO_ROOT / "vlp_mmt_fairseq"), "--task", "vlp_mmt",
+        "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--bert-model", str(tiny_bert_dir),
+        "--image-features", str(toy_corpus / "features.h5"), "--label-smoothing", "0.1", "--dropout", "0",
+        "--seed", "1", *map(str, extra),
+    ])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(1)
+    model = task.build_model(cfg.model)
+    built = task.build_criterion(cfg.criterion) if criterion else None
+    task.load_dataset("valid")
+    return task, model, built
+
+
+def batches(task, size=8, count=2):
+    itr = task.get_batch_iterator(task.dataset("valid"), max_sentences=size, seed=1).next_epoch_itr(shuffle=False)
+    return [sample for sample, _ in zip(itr, range(count))]
+
+
+def encode(model, sample):
+    model.eval()
+    with torch.no_grad():
+        return model.encoder(**sample["net_input"])
+
+
+def test_defaults_keep_the_paper_settings(toy_data, toy_corpus, tiny_bert_dir):
+    _, model, _ = build(toy_data, toy_corpus, tiny_bert_dir)
+    assert model.encoder.region_embedding == "none" and model.encoder.decoder_memory == "all"
+    assert not any("region_type" in name for name, _ in model.named_parameters())
+    _, explicit, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--region-embedding", "none",
+                           "--decoder-memory", "all")
+    assert explicit.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(explicit.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_no_regions_gives_tags_only(toy_data, toy_corpus, tiny_bert_dir):
+    task, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--no-regions", "--modality-loss", "off")
+    assert model.encoder.visual is None  # no FFN(v) without regions
+    for sample in batches(task):
+        net_input = sample["net_input"]
+        assert net_input["region_features"].size(1) == 0 and not net_input["region_mask"].any()
+        assert net_input["tag_tokens"].ne(task.source_dictionary.pad()).any()
+        kinds = encode(model, sample)["position_kinds"][0]
+        assert not kinds.eq(PositionKind.REGION).any() and kinds.eq(PositionKind.TAG).any()
+    with pytest.raises(ValueError, match="modality loss needs regions"):
+        build(toy_data, toy_corpus, tiny_bert_dir, "--no-regions")
+    # regions only (--no-tags, as before): regions, and no tag position
+    task, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--no-tags")
+    kinds = encode(model, batches(task, count=1)[0])["position_kinds"][0]
+    assert kinds.eq(PositionKind.REGION).any() and not kinds.eq(PositionKind.TAG).any()
+
+
+def test_decoder_memory_text_hides_the_regions_from_the_decoder(toy_data, toy_corpus, tiny_bert_dir):
+    task, shown, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "off")
+    _, hidden, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "off", "--decoder-memory", "text")
+    hidden.load_state_dict(shown.state_dict())  # the same weights: only the decoder's key mask differs
+    sample = batches(task, count=1)[0]
+    out_shown, out_hidden = encode(shown, sample), encode(hidden, sample)
+    kinds = out_hidden["position_kinds"][0]
+    assert torch.equal(out_shown["encoder_out"][0], out_hidden["encoder_out"][0])  # BERT still reads the regions
+    assert out_hidden["encoder_padding_mask"][0][kinds.eq(PositionKind.REGION)].all()
+    assert not out_shown["encoder_padding_mask"][0][kinds.eq(PositionKind.REGION)].any()
+    pad = task.target_dictionary.pad()
+    mass_shown = attention_mass(shown, batches(task), pad)
+    mass_hidden = attention_mass(hidden, batches(task), pad)
+    for result in (mass_shown, mass_hidden):
+        assert len(result["layers"]) == len(shown.decoder.layers)
+        for layer in result["layers"]:
+            assert sum(layer.values()) == pytest.approx(1.0, abs=1e-5) and layer["pad"] == 0
+    assert all(layer["region"] > 0.01 for layer in mass_shown["layers"])
+    assert all(layer["region"] == 0 for layer in mass_hidden["layers"])
+    with pytest.raises(ValueError, match="--decoder-memory text"):
+        build(toy_data, toy_corpus, tiny_bert_dir, "--decoder-memory", "text")  # the modality loss is on
+
+
+def test_recording_the_attention_changes_no_output(toy_data, toy_corpus, tiny_bert_dir):
+    task, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "off")
+    model.eval()
+    sample = batches(task, count=1)[0]
+    with torch.no_grad():
+        plain = model(**sample["net_input"])[0]
+        with CrossAttentionRecorder(model.decoder) as recorder:
+            recorded = model(**sample["net_input"])[0]
+    assert torch.equal(plain, recorded) and len(recorder.weights) == len(model.decoder.layers)
+    assert all(layer.need_attn for layer in model.decoder.layers)  # restored as fairseq had it
+
+
+@pytest.mark.parametrize("mode", ["segment", "position", "type"])
+def test_region_embedding_is_added_before_the_layer_norm_of_ffn_v(toy_data, toy_corpus, tiny_bert_dir, mode):
+    task, plain, _ = build(toy_data, toy_corpus, tiny_bert_dir)
+    _, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--region-embedding", mode)
+    model.load_state_dict(plain.state_dict(), strict=mode != "type")
+    encoder = model.encoder
+    encoder.eval()
+    net_input = batches(task, count=1)[0]["net_input"]
+    with torch.no_grad():
+        x, keep, kinds = encoder.embed(net_input["src_tokens"], net_input["tag_tokens"], net_input["region_features"],
+                                       net_input["region_boxes"], net_input["region_mask"])
+        x0, _, kinds0 = plain.encoder.eval().embed(net_input["src_tokens"], net_input["tag_tokens"],
+                                                   net_input["region_features"], net_input["region_boxes"],
+                                                   net_input["region_mask"])
+        assert torch.equal(kinds, kinds0)
+        text = ~kinds.eq(PositionKind.REGION) & keep
+        regions = kinds.eq(PositionKind.REGION)
+        assert torch.equal(x[text], x0[text]) and not torch.allclose(x[regions], x0[regions])
+        visual, bert = encoder.visual, encoder.bert.embeddings
+        ffn = visual.ffn(torch.cat([net_input["region_features"], net_input["region_boxes"],
+                                    ((net_input["region_boxes"][..., 2] - net_input["region_boxes"][..., 0]) *
+                                     (net_input["region_boxes"][..., 3] - net_input["region_boxes"][..., 1]))[..., None]],
+                                   -1))  # B x R x H
+        text_len = (kinds[:, : kinds.size(1) - ffn.size(1)] != PositionKind.PAD).sum(1)  # B
+        if mode == "segment":
+            e = bert.token_type_embeddings.weight[1]
+        elif mode == "type":
+            e = encoder.region_type_embedding
+        else:
+            e = bert.position_embeddings(text_len[:, None] + torch.arange(ffn.size(1)))
+        expected = visual.layer_norm(ffn + e)
+        assert torch.allclose(x[:, -ffn.size(1):][net_input["region_mask"]], expected[net_input["region_mask"]],
+                              atol=1e-5)
+
+
+def test_region_type_embedding_trains_and_refuses_the_cache(toy_data, toy_corpus, tiny_bert_dir, vlp_export):
+    task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--region-embedding", "type",
+                                   "--freeze-bert", "--load-vlp", vlp_export, "--modality-loss", "off")
+    embedding = model.encoder.region_type_embedding
+    assert embedding.requires_grad and any(p is embedding for p in model.parameters())
+    assert not any(p.requires_grad for p in model.encoder.visual.parameters())  # FFN(v) from VLP: frozen
+    model.train()
+    loss, _, _ = criterion(model, batches(task, count=1)[0])
+    loss.backward()
+    assert embedding.grad is not None and embedding.grad.abs().sum() > 0
+    with pytest.raises(FrozenEncoderCacheError, match="region-embedding type"):
+        FrozenEncoderCache.check(model.encoder, has_regions=True)
+    _, plain, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export)
+    FrozenEncoderCache.check(plain.encoder, has_regions=True)  # today's stage 1 from VLP: cacheable
+
+
+def test_train_visual_projection_keeps_ffn_v_training(toy_data, toy_corpus, tiny_bert_dir, vlp_export):
+    _, frozen, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export)
+    assert not any(p.requires_grad for p in frozen.encoder.visual.parameters())  # today's behaviour
+    task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export,
+                                   "--train-visual-projection")
+    visual = model.encoder.visual
+    assert all(p.requires_grad for p in visual.parameters())
+    assert not any(p.requires_grad for p in model.encoder.bert.parameters())
+    assert torch.equal(visual.ffn[0].weight, frozen.encoder.visual.ffn[0].weight)  # still loaded from VLP
+    model.train()
+    loss, _, _ = criterion(model, batches(task, count=1)[0])
+    loss.backward()
+    assert visual.ffn[0].weight.grad.abs().sum() > 0
+    with pytest.raises(FrozenEncoderCacheError, match="FFN\\(v\\) trains"):
+        FrozenEncoderCache.check(model.encoder, has_regions=True)

@@ -1,0 +1,61 @@
+"""examples/ablations/ablate.py: the tiny budget end to end on the toy corpus, for two variants (the text-only
+BERT-enc and today's stage 1 from a short VLP run), then resumed without running anything again."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from utils import REPO_ROOT, cli_env
+
+ABLATE = REPO_ROOT / "examples" / "ablations" / "ablate.py"
+
+
+def ablate(toy_data, toy_corpus, tiny_bert_dir, work, *extra):
+    return subprocess.run([sys.executable, str(ABLATE), "--data", str(toy_data), "--features",
+                           str(toy_corpus / "features.h5"), "--bert-model", str(tiny_bert_dir), "--budget", "tiny",
+                           "--work-dir", str(work), "--threads", "1", "--variants", "text_plain", "base",
+                           *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
+
+
+@pytest.mark.slow
+def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp_path):
+    work = tmp_path / "work"
+    dry = ablate(toy_data, toy_corpus, tiny_bert_dir, work, "--dry-run")
+    assert dry.returncode == 0, dry.stdout
+    planned = [line.split()[1] for line in dry.stdout.splitlines() if line.startswith("# ")]
+    assert planned[:1] == ["train.text_plain"] and "train.vlp_short" in planned and "train.vlp_long" not in planned
+    assert not work.exists() or not (work / "state").exists()  # a dry run runs nothing
+
+    run = ablate(toy_data, toy_corpus, tiny_bert_dir, work)
+    assert run.returncode == 0, run.stdout[-6000:]
+    summary = json.loads((work / "results" / "ablation.json").read_text())
+    rows = {row["variant"]: row for row in summary["rows"]}
+    assert list(rows) == ["text_plain", "base"] and all(row["finished"] for row in rows.values())
+    for row in rows.values():
+        for split in ("valid", "test2016"):
+            assert 0 <= row[split]["bleu"] <= 100
+        assert row["train_seconds"] > 0 and row["step_seconds"] >= row["train_seconds"]
+        assert "--freeze-bert" in row["command"] and "--cache-frozen-encoder" in row["command"]
+        for label in ("first", "last"):
+            for layer in row["mass_per_layer"][label]:
+                assert sum(layer.values()) == pytest.approx(1.0, abs=1e-4)
+    assert "incongruent" not in rows["text_plain"] and "incongruent" in rows["base"]
+    assert rows["base"]["bleu_lost_incongruent"] == pytest.approx(
+        rows["base"]["test2016"]["bleu"] - rows["base"]["incongruent"]["bleu"], abs=0.011)
+    text_mass = rows["text_plain"]["mass"]["last"]
+    assert text_mass["region"] == 0 and text_mass["tag"] == 0 and text_mass["text"] > 0
+    assert rows["base"]["mass"]["last"]["region"] > 0 and rows["base"]["mass"]["last"]["tag"] > 0
+    table = (work / "results" / "ablation.md").read_text()
+    assert "| text_plain |" in table and "| base |" in table
+    assert (work / "results" / "ablation.csv").read_text().count("\n") == 3
+    assert (work / "results" / "attention_mass.png").read_bytes()[:4] == b"\x89PNG"
+    assert (work / "mass" / "base.png").exists()
+    # pruned: the first, best and last checkpoints stay, the other epochs and the encoder cache go
+    kept = sorted(p.name for p in (work / "ckpt" / "base").glob("*.pt"))
+    assert kept == ["checkpoint1.pt", "checkpoint_best.pt", "checkpoint_last.pt"]
+    assert not (work / "cache" / "base").exists()
+
+    again = ablate(toy_data, toy_corpus, tiny_bert_dir, work)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "running" not in again.stdout and again.stdout.count("done before, reused") == len(planned)
