@@ -59,8 +59,8 @@ def read_store(path: str, keys) -> dict:
 
 def convert(case: dict) -> dict:
     """Run a converter on the case's input; read back what it wrote."""
-    from vlp_mmt_fairseq.features.detector_outputs import ConversionError
     from vlp_mmt_fairseq.data.feature_store import FeatureStoreError
+    from vlp_mmt_fairseq.features.detector_outputs import ConversionError
 
     output = case["output"]
     try:

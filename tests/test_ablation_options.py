@@ -147,10 +147,9 @@ def test_region_embedding_is_added_before_the_layer_norm_of_ffn_v(toy_data, toy_
         regions = kinds.eq(PositionKind.REGION)
         assert torch.equal(x[text], x0[text]) and not torch.allclose(x[regions], x0[regions])
         visual, bert = encoder.visual, encoder.bert.embeddings
-        ffn = visual.ffn(torch.cat([net_input["region_features"], net_input["region_boxes"],
-                                    ((net_input["region_boxes"][..., 2] - net_input["region_boxes"][..., 0]) *
-                                     (net_input["region_boxes"][..., 3] - net_input["region_boxes"][..., 1]))[..., None]],
-                                   -1))  # B x R x H
+        boxes = net_input["region_boxes"]
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        ffn = visual.ffn(torch.cat([net_input["region_features"], boxes, area[..., None]], -1))  # B x R x H
         text_len = (kinds[:, : kinds.size(1) - ffn.size(1)] != PositionKind.PAD).sum(1)  # B
         if mode == "segment":
             e = bert.token_type_embeddings.weight[1]

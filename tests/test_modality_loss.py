@@ -7,9 +7,8 @@ import pytest
 import torch
 from fairseq.logging import metrics
 
-from utils import REPO_ROOT
 from test_vlp_mmt_model import build, first_batch
-from utils import fairseq_train, finish, logged, start
+from utils import REPO_ROOT, fairseq_train, finish, logged, start
 
 
 def gate_weights(criterion):
@@ -134,7 +133,7 @@ def test_lower_bound_on_a_real_batch(toy_data, toy_corpus, tiny_bert_dir):
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir)
     gate = criterion.gate
     model.train()
-    sample = first_batch(task, size=64)
+    sample = first_batch(task, size=32)
     net_output = model(**sample["net_input"], return_cross_attn_queries=True)
     # an untrained model's d is near 0.7: with tau on that scale lambda* is not ~0 (trained gate: the slow test)
     d = criterion.modality_terms(model, net_output, sample)["layers"][0]["d"].detach()
@@ -216,9 +215,9 @@ def test_terms_stay_finite_in_low_precision(toy_data, toy_corpus, tiny_bert_dir)
 
 @pytest.mark.slow
 def test_literal_lambda_collapses_and_the_prior_keeps_it_on(toy_data, toy_corpus, tiny_bert_dir, tmp_path):
-    """fairseq-train, a few hundred updates: the literal Eq. 5 drives the logged lambda below 0.05; with the prior
-    (here also under --checkpoint-activations) it stays on, and inspect_lambda.py reads the checkpoint back: on every
-    valid token lambda d + tau KL is at least its closed-form minimum."""
+    """fairseq-train, a few hundred updates: the literal Eq. 5 drives the logged lambda below 0.05; with the prior it
+    stays on, and inspect_lambda.py reads the checkpoint back: on every valid token lambda d + tau KL is at least its
+    closed-form minimum."""
     common = [toy_data / "bert", "--user-dir", REPO_ROOT / "vlp_mmt_fairseq", "--task", "vlp_mmt",
               "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
               "--bert-model", tiny_bert_dir, "--image-features", toy_corpus / "features.h5", "--freeze-bert",
@@ -226,7 +225,7 @@ def test_literal_lambda_collapses_and_the_prior_keeps_it_on(toy_data, toy_corpus
               "--max-tokens", "400", "--max-update", "200", "--disable-validation", "--no-epoch-checkpoints",
               "--num-workers", "0", "--log-format", "json", "--log-interval", "20", "--seed", "1", "--cpu"]
     runs = {"literal": ["--modality-gate", "literal", "--no-save"],
-            "prior": ["--checkpoint-activations", "--save-dir", tmp_path / "prior"]}
+            "prior": ["--save-dir", tmp_path / "prior"]}
     processes = {name: start([fairseq_train(), *common, *extra], tmp_path / f"{name}.log")
                  for name, extra in runs.items()}
     records = {name: logged(finish(p, tmp_path / f"{name}.log"), "train_inner") for name, p in processes.items()}

@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,7 +35,6 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "examples", "multi30k"))
 
 from steps import Step, StepError, StepRunner, order_steps, python_env, shell_command  # noqa: E402
-
 from vlp_mmt_fairseq.file_utils import atomic_output  # noqa: E402
 
 USER_DIR = "{REPO}/vlp_mmt_fairseq"
@@ -354,9 +353,9 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
         "Mass: the decoder's cross-attention mass on source-text, tag and region positions, mean over layers, after "
         "the first → the last epoch (references of valid force-decoded; special tokens take the rest).",
         "Times: the step's own seconds at the thread count it ran with; 'steps' adds generation and the mass. "
-        "VLP: " + ", ".join(f"{k} {fmt(v / 60 if v else None)} min" for k, v in vlp_seconds.items()) + ".",
+        "VLP: " + ", ".join(f"{k} {fmt(v / 60)} min" if v else f"{k} not run" for k, v in vlp_seconds.items()) + ".",
         "Rows without the frozen-encoder cache (something before BERT trains): "
-        + ", ".join(r["variant"] for r in rows if not r["cache"]) + ".",
+        + (", ".join(r["variant"] for r in rows if not r["cache"]) or "none") + ".",
     ]
     lines = [f"## Stage-1 ablation ({args.src}-{args.tgt}, budget '{budget.name}')", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|"]
@@ -383,8 +382,11 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
 
 def plot_mass(rows: List[dict], path: str, budget: Budget) -> None:
     """Per variant two stacked bars (after the first and the last epoch): mean cross-attention mass per kind."""
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -419,7 +421,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True,
                         help="Multi30K prepared by vlp-mmt-prepare-multi30k (its bert/, raw/ and tok/ are read)")
     parser.add_argument("--features", help="the image-feature store of every image of the data, e.g. the "
-                        "caption-proxy store of vlp-mmt-caption-proxy-store (needed unless only text-only variants run)")
+                        "caption-proxy store of vlp-mmt-caption-proxy-store (needed unless only text-only rows "
+                        "without VLP run)")
     parser.add_argument("--src", default="en")
     parser.add_argument("--tgt", default="de")
     parser.add_argument("--bert-model", default="bundled-minilm", help="the BERT of --data (default bundled-minilm)")

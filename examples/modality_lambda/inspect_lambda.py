@@ -28,7 +28,8 @@ BUCKETS = [(1, 10), (11, 30), (31, 100), (101, 300), (301, 1000), (1001, 10 ** 9
 
 def load(args):
     """(task, model, criterion) from the checkpoint, with the data and feature paths of this machine."""
-    import vlp_mmt_fairseq  # noqa: F401  (registers the plugin)
+    import vlp_mmt_fairseq  # noqa: F401  (registers the plugin; first, as it quiets fairseq's import)
+    # isort: split
     from fairseq import checkpoint_utils, tasks
 
     if not os.path.isfile(args.path):

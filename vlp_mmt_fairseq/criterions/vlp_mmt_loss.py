@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from fairseq import utils
 from fairseq.criterions import register_criterion
@@ -78,9 +77,10 @@ class VlpMmtLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
         metadata={"help": "p0 of the prior Bern(p0): lambda's ceiling, reached where cos(h_x, h_v) = 1"},
     )
     modality_prior_tau: float = field(
-        default=0.05,
-        metadata={"help": "tau, the prior's weight, in units of d = 1 - cos(h_x, h_v): about the spread of d "
-                          "(lambda_j -> sigmoid(logit(p0) - d_j / tau)); a large tau makes lambda a constant p0"},
+        default=0.02,
+        metadata={"help": "tau, the prior's weight, in units of d = 1 - cos(h_x, h_v) (lambda_j -> sigmoid(logit(p0) "
+                          "- d_j / tau)): a large tau makes lambda the constant p0; one near d's spread (0.003 on "
+                          "the toy corpus) lets lambda fall, d rise, and lambda collapse again (docs/modality_loss.md)"},
     )
     modality_gate_inputs: GATE_INPUTS = field(
         default="detached",
@@ -111,7 +111,7 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
                  modality_loss="last", modality_lambda=None, modality_tags="none", modality_gate="prior",
-                 modality_prior_p0=0.5, modality_prior_tau=0.05, modality_gate_inputs="detached"):
+                 modality_prior_p0=0.5, modality_prior_tau=0.02, modality_gate_inputs="detached"):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.modality_layers = str(modality_loss)
         self.fixed_lambda = modality_lambda

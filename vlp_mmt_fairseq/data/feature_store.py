@@ -388,21 +388,25 @@ class FeatureStore:
     def __len__(self) -> int:
         return self._listing("count the images", len)
 
-    def get(self, key: str) -> ImageFeatures:
-        """Read one image, validated, cut to ``max_regions`` and ``max_tags``."""
+    def get(self, key: str, tags_only: bool = False) -> ImageFeatures:
+        """Read one image, validated, cut to ``max_regions`` and ``max_tags``.
+
+        ``tags_only`` reads only the tags (the features and boxes come back empty), e.g. to size the
+        encoder's input at load time.
+        """
         where = f"{self.path}: image '{key}'"
         handle = self._open()
         try:
             if key not in handle:
                 raise FeatureStoreError(f"{where}: key not in the store")
-            item = self._read(handle[key], where)
+            item = self._read(handle[key], where, tags_only)
         except FeatureStoreError:
             raise
         except Exception as e:  # OSError (checksum mismatch, truncation), KeyError, TypeError, UnicodeError...
             raise FeatureStoreError(f"{where}: unreadable entry ({type(e).__name__}: {e})") from e
         return item
 
-    def _read(self, group, where: str) -> ImageFeatures:
+    def _read(self, group, where: str, tags_only: bool = False) -> ImageFeatures:
         h5py = _h5py()
         strict = self.version >= 2
         if not isinstance(group, h5py.Group):
@@ -445,6 +449,10 @@ class FeatureStore:
         width = _int_attr(attrs, "width", where, minimum=1 if strict else 0, required=strict, default=0)
         height = _int_attr(attrs, "height", where, minimum=1 if strict else 0, required=strict, default=0)
 
+        if tags_only:
+            tags, tag_scores = self._read_tags(tags_ds, tag_scores_ds, where)
+            empty = np.zeros((0, self.feature_dim), np.float32)
+            return ImageFeatures(empty, np.zeros((0, 4), np.float32), tags, tag_scores, width, height)
         features = np.asarray(feats_ds[()], dtype=np.float32)  # R x D
         boxes = np.asarray(boxes_ds[()], dtype=np.float32)  # R x 4
         validate_regions(features, boxes, self.feature_dim, where)
@@ -463,6 +471,11 @@ class FeatureStore:
             order = order[: self.max_regions]
         features, boxes = features[order], boxes[order]
 
+        tags, tag_scores = self._read_tags(tags_ds, tag_scores_ds, where)
+        return ImageFeatures(features, boxes, tags, tag_scores, width, height)
+
+    def _read_tags(self, tags_ds, tag_scores_ds, where: str):
+        """The tags (best first, cut to ``max_tags``) and their scores."""
         tags, tag_scores = [], np.zeros(0, np.float32)
         if tags_ds is not None:
             tags = [_decode_tag(t, where) for t in tags_ds[()]]
@@ -475,7 +488,7 @@ class FeatureStore:
                 tag_order = tag_order[: self.max_tags]
             tags = [tags[i] for i in tag_order]
             tag_scores = tag_scores[tag_order]
-        return ImageFeatures(features, boxes, tags, tag_scores, width, height)
+        return tags, tag_scores
 
 
 def _as_text(value) -> Optional[str]:

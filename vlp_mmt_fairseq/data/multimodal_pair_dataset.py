@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 from fairseq.data import LanguagePairDataset, data_utils
 
-from vlp_mmt_fairseq.data.image_dataset import ImageDataset
+from vlp_mmt_fairseq.data.image_dataset import ImageDataset, fit_tags
 from vlp_mmt_fairseq.data.pair_dataset_wrapper import PairDatasetWrapper
 
 
@@ -18,17 +18,26 @@ class MultimodalPairDataset(PairDatasetWrapper):
     LanguagePairDataset re-sorts a batch by source length; sources and images are collated in the
     order of the batch's ``id``, so row b of every tensor belongs to the same sentence.
     Without images it is the text pair alone (the text-only mode), still batched without loss.
+    With ``max_text_positions``, a sentence whose caption and tags would exceed BERT's positions keeps only
+    its best-scored tags that fit (see :func:`fit_tags`).
     """
 
-    def __init__(self, pair: LanguagePairDataset, src_pad: int, images: Optional[ImageDataset] = None):
+    def __init__(self, pair: LanguagePairDataset, src_pad: int, images: Optional[ImageDataset] = None,
+                 max_text_positions: Optional[int] = None):
         super().__init__(pair)
         if images is not None and len(images) != len(pair):
             raise ValueError(f"{len(pair)} sentences but {len(images)} images")
         self.src_pad = src_pad
         self.images = images
+        self.max_text_positions = max_text_positions
 
     def extra_inputs(self, index):
-        return {} if self.images is None else {"image": self.images[index]}
+        if self.images is None:
+            return {}
+        image = self.images[index]
+        if self.max_text_positions is not None:
+            image = fit_tags(image, self.max_text_positions - int(self.pair.src_sizes[index]))
+        return {"image": image}
 
     def collate_extra_inputs(self, batch, ordered):
         net_input = batch["net_input"]

@@ -13,14 +13,14 @@ Captions are a fairseq indexed dataset (memory-mapped) and the image keys a memo
 so the dataset holds no per-caption Python objects; features are read lazily from the store.
 """
 import collections
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from fairseq.data import ConcatDataset, FairseqDataset, data_utils
 
 from vlp_mmt_fairseq.compat import restore_dropped_sentences
-from vlp_mmt_fairseq.data.image_dataset import ImageDataset
+from vlp_mmt_fairseq.data.image_dataset import ImageDataset, fit_tags
 
 
 def random_token_ids(dictionary) -> np.ndarray:
@@ -48,12 +48,14 @@ class VlpPretrainDataset(FairseqDataset):
         image_cache_size: keep this many images in memory per process, least recently used
             out first (0: read every image from the store; for small corpora of many captions
             per image)
+        max_text_positions: BERT's text positions; a caption keeps only as many of its image's (or the
+            random image's) best-scored tags as fit beside it
     """
 
     def __init__(self, captions, images: ImageDataset, dictionary, mask_prob: float = 0.15,
                  mask_caption_only: bool = False, negative_prob: float = 0.5, random_token_prob: float = 0.1,
                  leave_unmasked_prob: float = 0.1, seed: int = 1, shuffle: bool = True,
-                 image_cache_size: int = 0):
+                 image_cache_size: int = 0, max_text_positions: Optional[int] = None):
         super().__init__()
         if len(captions) != len(images):
             raise ValueError(f"{len(captions)} captions but {len(images)} images")
@@ -75,6 +77,7 @@ class VlpPretrainDataset(FairseqDataset):
         self.shuffle = shuffle
         self.epoch = 1
         self.image_cache_size = image_cache_size
+        self.max_text_positions = max_text_positions
         self._image_cache = collections.OrderedDict()
 
     def __getitem__(self, index):
@@ -112,7 +115,11 @@ class VlpPretrainDataset(FairseqDataset):
         image_rows = self.draw_images(np.array([s["key"] for s in samples]), rng)
         pair_label = torch.from_numpy(image_rows == np.arange(len(samples))).long()  # B
         captions = data_utils.collate_tokens([s["caption"] for s in samples], self.pad, left_pad=False)  # B x S
-        images = self.images.collater([samples[j]["image"] for j in image_rows])
+        chosen = [samples[j]["image"] for j in image_rows]
+        if self.max_text_positions is not None:
+            chosen = [fit_tags(image, self.max_text_positions - samples[i]["caption"].numel())
+                      for i, image in enumerate(chosen)]
+        images = self.images.collater(chosen)
         tags = images.pop("tag_tokens")  # B x T
         text = torch.cat([captions, tags], dim=1)  # B x (S + T)
         maskable = text.ne(self.pad) & text.ne(self.cls) & text.ne(self.sep)

@@ -8,6 +8,7 @@ mass of a kind is the mean of those sums over all target tokens. Per layer the k
 padding (and, with ``--decoder-memory text``, every region) gets no weight.
 """
 import json
+import logging
 from collections import OrderedDict
 from typing import Dict, Iterable, List
 
@@ -126,6 +127,7 @@ def plot(results: Dict[str, Dict], path: str, title: str = "Decoder cross-attent
         import matplotlib
     except ImportError as e:
         raise ImportError("the attention-mass plot needs matplotlib: pip install -e '.[plot]'") from e
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

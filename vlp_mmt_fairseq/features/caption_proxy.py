@@ -292,8 +292,13 @@ class SentenceEncoder:
         self.dim = int(self.model.config.hidden_size)
         self.max_length, self.max_tokens, self.max_sentences = max_length, max_tokens, max_sentences
 
-    def tokenize(self, texts: Sequence[str]) -> List[List[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+    def tokenize(self, texts: Sequence[str], chunk: int = 8192) -> List[List[int]]:
+        """WordPiece ids with ``[CLS]``/``[SEP]``; in chunks, so the tokenizer's per-text objects never pile up."""
+        ids: List[List[int]] = []
+        for start in range(0, len(texts), chunk):
+            ids += self.tokenizer(list(texts[start:start + chunk]), truncation=True, max_length=self.max_length,
+                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return ids
 
     def embed_ids(self, ids: Sequence[List[int]]) -> np.ndarray:
         """One batch of token-id lists -> [B, D] float32."""

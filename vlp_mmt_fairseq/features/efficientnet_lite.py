@@ -82,7 +82,6 @@ class EfficientNetLiteExtractor(ImageFeatureExtractor):
 
     def preprocess(self, image):
         import torch
-
         from PIL import Image
 
         image = image.resize((self.image_size, self.image_size), Image.BILINEAR)

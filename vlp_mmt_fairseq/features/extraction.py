@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, FeatureStoreWriter
 from vlp_mmt_fairseq.errors import PluginError

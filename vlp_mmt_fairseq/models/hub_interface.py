@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from fairseq.hub_utils import GeneratorHubInterface
 
-from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreWriter, ImageFeatures
+from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, FeatureStoreWriter, ImageFeatures
 from vlp_mmt_fairseq.models.feature_record import FeatureRecord, FeatureRecordError
 
 
@@ -79,20 +79,28 @@ class VlpMmtHubInterface(GeneratorHubInterface):
                                      f"store holds {FeatureRecord(store.feature_dim, store.extractor).describe()}")
 
     def image_inputs(self, images: Optional[Sequence], count: int, tmp: str):
-        """(keys, store) for ``images``: store keys as they are, paths and ready features via a temporary store."""
+        """(keys, store) for ``images``: keys of ``image_features`` as they are; image files and ready features
+        through a temporary store."""
         if not self.uses_images:
             if images is not None and any(image is not None for image in images):
                 raise ValueError("this model is text only: translate without images")
             return None
         if images is None or len(images) != count:
             raise ValueError(f"this model translates sentences with images: give {count} images, one per sentence")
-        if all(isinstance(image, str) for image in images) and self.task.store is not None \
-                and all(image in self.task.store for image in images):
-            return list(images), self.task.store
         if all(isinstance(image, (str, os.PathLike)) for image in images):
-            store = self.extract(list(map(str, images)), os.path.join(tmp, "images.h5"))
-        else:
-            store = self.write_features(images, os.path.join(tmp, "images.h5"))
+            store = self.task.store
+            if store is not None and all(str(image) in store for image in images):
+                return [str(image) for image in images], store
+            unknown = [str(image) for image in images if not os.path.isfile(image)]
+            if unknown:
+                where = f"not a key of {store.path} and " if store is not None else ""
+                raise FeatureStoreError(f"image '{unknown[0]}': {where}no such image file "
+                                        f"({len(unknown)} of {len(images)} images)")
+            paths = list(dict.fromkeys(os.path.abspath(image) for image in images))  # each file extracted once
+            position = {path: str(i) for i, path in enumerate(paths)}
+            store = self.extract(paths, os.path.join(tmp, "images.h5"))
+            return [position[os.path.abspath(image)] for image in images], store
+        store = self.write_features(images, os.path.join(tmp, "images.h5"))
         return [str(i) for i in range(count)], store
 
     @property

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from fairseq.logging import metrics
 
-from vlp_mmt_fairseq.file_utils import atomic_output
 from vlp_mmt_fairseq.errors import PluginError
+from vlp_mmt_fairseq.file_utils import atomic_output
 
 
 class FrozenEncoderCacheError(PluginError, ValueError):

@@ -25,7 +25,7 @@ class ModalityGate(nn.Module):
     Everything is computed in float32 with autocast off, also under --fp16, --bf16 and --amp.
     """
 
-    def __init__(self, embed_dim: int, hidden_dim: int, prior_p0: Optional[float] = 0.5, prior_tau: float = 0.05,
+    def __init__(self, embed_dim: int, hidden_dim: int, prior_p0: Optional[float] = 0.5, prior_tau: float = 0.02,
                  detach_inputs: bool = True):
         super().__init__()
         if prior_p0 is not None and not 0.0 < prior_p0 < 1.0:

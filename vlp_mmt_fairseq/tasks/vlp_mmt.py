@@ -23,7 +23,7 @@ from vlp_mmt_fairseq.data.feature_store import (
     find_image_index,
     read_image_index,
 )
-from vlp_mmt_fairseq.data.image_dataset import ImageDataset
+from vlp_mmt_fairseq.data.image_dataset import ImageDataset, log_lost_tags
 from vlp_mmt_fairseq.data.multimodal_pair_dataset import MultimodalPairDataset
 from vlp_mmt_fairseq.data.tag_encoder import TagEncoder
 from vlp_mmt_fairseq.dataclass.configs import BertConfig, ImageConfig
@@ -108,17 +108,34 @@ class VlpMmtTask(TranslationTask):
         paths = utils.split_paths(self.cfg.data)
         data_path = paths[(epoch - 1) % len(paths)]
         src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        if self.cfg.truncate_source and self.cfg.num_batch_buckets > 0:
+            raise ValueError("--truncate-source with --num-batch-buckets is not supported for a BERT source")
         pair = load_langpair_dataset(
             data_path, split, src, self.tgt_dict, tgt, self.tgt_dict,  # target's pad/eos on both sides,
             combine=combine, dataset_impl=self.cfg.dataset_impl,  # see MultimodalPairDataset
             upsample_primary=self.cfg.upsample_primary, left_pad_source=False,
             left_pad_target=self.cfg.left_pad_target, max_source_positions=self.cfg.max_source_positions,
             max_target_positions=self.cfg.max_target_positions, load_alignments=False,
-            truncate_source=self.cfg.truncate_source, num_buckets=self.cfg.num_batch_buckets,
+            truncate_source=False, num_buckets=self.cfg.num_batch_buckets,  # BERT ids: see truncate_bert_source
             shuffle=(split != "test"), pad_to_multiple=self.cfg.required_seq_len_multiple,
         )
+        if self.cfg.truncate_source:
+            truncate_bert_source(pair, self.max_text_positions, self.src_dict.eos())
         images = self.build_image_dataset(split, len(pair))
-        self.datasets[split] = MultimodalPairDataset(pair, self.src_dict.pad(), images)
+        if images is not None and images.tag_encoder is not None:
+            log_lost_tags(split, pair.src_sizes, images, self.max_text_positions)
+        self.datasets[split] = MultimodalPairDataset(pair, self.src_dict.pad(), images, self.max_text_positions)
+
+    @property
+    def max_text_positions(self) -> int:
+        """BERT's text positions that caption and tags share: its position embeddings, at most
+        ``--max-source-positions``."""
+        if getattr(self, "_max_text_positions", None) is None:
+            from vlp_mmt_fairseq.bert_loading import load_bert_config
+
+            self._max_text_positions = min(self.cfg.max_source_positions,
+                                           load_bert_config(self.cfg.bert_model).max_position_embeddings)
+        return self._max_text_positions
 
     def build_image_dataset(self, split: str, num_sentences: int) -> Optional[ImageDataset]:
         """The images of a split, checked against the number of sentences."""
@@ -173,7 +190,7 @@ class VlpMmtTask(TranslationTask):
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None, image_keys=None, store=None):
         """Sentences (BERT ids) to translate and, unless ``--no-images``, the key of each one's image in ``store``
         (default: ``--image-features``); used by ``VlpMmtModel.from_pretrained(...).translate``."""
-        pair = LanguagePairDataset(src_tokens, src_lengths, self.tgt_dict, left_pad_source=False,
+        pair = LanguagePairDataset(src_tokens, np.asarray(src_lengths), self.tgt_dict, left_pad_source=False,
                                    constraints=constraints)  # target's pad/eos on both sides, see MultimodalPairDataset
         images = None
         if self.use_images:
@@ -181,4 +198,18 @@ class VlpMmtTask(TranslationTask):
             if store is None or image_keys is None or len(image_keys) != len(src_tokens):
                 raise ValueError("this model translates sentences with their images: give one image per sentence")
             images = self.image_dataset(np.array([str(k).encode("utf-8") for k in image_keys]), store)
-        return MultimodalPairDataset(pair, self.src_dict.pad(), images)
+        return MultimodalPairDataset(pair, self.src_dict.pad(), images, self.max_text_positions)
+
+
+def truncate_bert_source(pair: LanguagePairDataset, max_positions: int, sep: int) -> None:
+    """``--truncate-source`` for BERT ids: cut ``[CLS] x [SEP]`` to ``max_positions``, ``[SEP]`` kept last.
+
+    (fairseq's own truncation strips and appends the *target* dictionary's end-of-sentence id, which is
+    another token in BERT's vocabulary.)
+    """
+    from fairseq.data import AppendTokenDataset, StripTokenDataset, TruncateDataset
+
+    sizes = np.minimum(pair.src_sizes, max_positions)
+    pair.src = AppendTokenDataset(TruncateDataset(StripTokenDataset(pair.src, sep), max_positions - 1), sep)
+    pair.src_sizes = sizes
+

@@ -21,10 +21,10 @@ from fairseq.data import data_utils
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from vlp_mmt_fairseq.bert_loading import bert_vocab_file
+from vlp_mmt_fairseq.bert_loading import bert_vocab_file, load_bert_config
 from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
 from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, find_image_index, read_image_index
-from vlp_mmt_fairseq.data.image_dataset import ImageDataset
+from vlp_mmt_fairseq.data.image_dataset import ImageDataset, log_lost_tags
 from vlp_mmt_fairseq.data.tag_encoder import TagEncoder
 from vlp_mmt_fairseq.data.vlp_pretrain_dataset import VlpPretrainDataset, concat_vlp_datasets
 from vlp_mmt_fairseq.dataclass.configs import BertConfig, ImageConfig
@@ -181,11 +181,16 @@ class VlpPretrainTask(FairseqTask):
             )
         tag_encoder = None if self.cfg.no_tags else self.tag_encoder
         images = ImageDataset(keys, store, tag_encoder, sep=self.dictionary.eos(), pad=self.dictionary.pad())
+        max_text_positions = min(self.cfg.max_source_positions,
+                                 load_bert_config(self.cfg.bert_model).max_position_embeddings)
+        if tag_encoder is not None:
+            log_lost_tags(f"{prefix} ({split})", captions.sizes, images, max_text_positions)
         return VlpPretrainDataset(
             captions, images, self.dictionary, mask_prob=self.cfg.mask_prob,
             mask_caption_only=self.cfg.mask_caption_only, negative_prob=self.cfg.negative_prob,
             random_token_prob=self.cfg.random_token_prob, leave_unmasked_prob=self.cfg.leave_unmasked_prob,
             seed=self.cfg.seed, shuffle=(split != "test"), image_cache_size=self.cfg.image_cache_size,
+            max_text_positions=max_text_positions,
         )
 
     def image_index_path(self, directory: str, split: str) -> str:
