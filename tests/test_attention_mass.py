@@ -48,7 +48,7 @@ def test_masses_sum_to_one_and_hidden_regions_get_none(text_memory_run, toy_data
 
 
 @pytest.mark.slow
-def test_missing_checkpoint_is_one_line_of_error(text_memory_run, toy_data, toy_corpus, tiny_bert_dir, tmp_path):
+def test_missing_checkpoint_is_one_line_of_error(toy_data, toy_corpus, tiny_bert_dir, tmp_path):
     prefix = tmp_path / "mass"
     result = subprocess.run([str(a) for a in mass_command(toy_data, toy_corpus, tiny_bert_dir, prefix,
                                                           f"a={tmp_path / 'absent.pt'}")],

@@ -50,9 +50,10 @@ def test_a_tokenizer_that_is_not_wordpiece_is_refused(saved_bert_dir, tmp_path):
     with pytest.raises(BertModelNotFound, match=re.escape(f"{tmp_path / 'tokenizer.json'}: not a BERT WordPiece "
                                                           "tokenizer (model type 'BPE')")):
         BertDictionary(bert_vocab_file(str(tmp_path)))
-    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "no_tokenizer").mkdir()
+    (tmp_path / "no_tokenizer" / "config.json").write_bytes((saved_bert_dir / "config.json").read_bytes())
     with pytest.raises(BertModelNotFound, match="neither vocab.txt nor tokenizer.json"):
-        resolve_bert_path(str(tmp_path))
+        resolve_bert_path(str(tmp_path / "no_tokenizer"))
 
 
 @pytest.mark.slow

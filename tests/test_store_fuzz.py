@@ -20,6 +20,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from vlp_mmt_fairseq.data.feature_store import FeatureStoreWriter
 
@@ -356,6 +357,7 @@ def summary(results):
             for cls, c in by_class.items()]
 
 
+@pytest.mark.slow
 def test_fuzzed_stores_and_converter_inputs_are_refused_by_name(tmp_path):
     results = run_fuzz(tmp_path)
     lines = summary(results)

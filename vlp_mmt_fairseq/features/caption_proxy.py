@@ -5,9 +5,9 @@ up to case, whitespace and punctuation, task 1's source sentence of that image. 
 descriptions say what the picture shows beyond the source. For every image this module writes a feature-store entry
 (``docs/feature_store.md``, section "Caption-proxy features"):
 
-- one region per remaining description: its sentence embedding (mean over the last layer of a BERT, by default the
-  bundled MiniLM, over every token including ``[CLS]``/``[SEP]``, then L2-normalised), box ``[0, 0, 1, 1]`` (the
-  whole picture), no scores (regions in description order);
+- one region per distinct remaining description: its sentence embedding (mean over the last layer of a BERT, by
+  default the bundled MiniLM, over every token including ``[CLS]``/``[SEP]``, then L2-normalised), box
+  ``[0, 0, 1, 1]`` (the whole picture), no scores (regions in description order);
 - tags: the detector-vocabulary classes (``objects_vocab.txt``, first synonym) that the remaining descriptions
   mention, scored by how many of them mention the class;
 - width = height = 1: there are no pixels, so there is no image size; a 1 x 1 "image" makes the box in "pixels"
