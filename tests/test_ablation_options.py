@@ -193,3 +193,18 @@ def test_train_visual_projection_keeps_ffn_v_training(toy_data, toy_corpus, tiny
     assert visual.ffn[0].weight.grad.abs().sum() > 0
     with pytest.raises(FrozenEncoderCacheError, match="FFN\\(v\\) trains"):
         FrozenEncoderCache.check(model.encoder, has_regions=True)
+
+
+def test_empty_validation_hypotheses_log_bleu_zero(toy_data, toy_corpus, tiny_bert_dir):
+    """--best-checkpoint-metric bleu needs a value even when an untrained model's hypotheses are all empty."""
+    from fairseq.logging import metrics
+
+    task, _, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "off", "--eval-bleu")
+    empty = {"loss": 1.0, "nll_loss": 1.0, "ntokens": 10, "nsentences": 2, "sample_size": 10, "_bleu_sys_len": 0,
+             "_bleu_ref_len": 12, **{f"_bleu_{k}_{i}": 0 for k in ("counts", "totals") for i in range(4)}}
+    with metrics.aggregate() as agg:
+        task.reduce_metrics([empty], criterion)
+    assert agg.get_smoothed_values()["bleu"] == 0
+    with metrics.aggregate() as agg:
+        task.reduce_metrics([{k: v for k, v in empty.items() if not k.startswith("_bleu")}], criterion)  # training
+    assert "bleu" not in agg.get_smoothed_values()

@@ -24,7 +24,8 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
     dry = ablate(toy_data, toy_corpus, tiny_bert_dir, work, "--dry-run")
     assert dry.returncode == 0, dry.stdout
     planned = [line.split()[1] for line in dry.stdout.splitlines() if line.startswith("# ")]
-    assert planned[:1] == ["train.text_plain"] and "train.vlp_short" in planned and "train.vlp_long" not in planned
+    assert planned[:1] == ["train.text_plain"]
+    assert "train.pretrain_short" in planned and "train.pretrain_long" not in planned
     assert not work.exists() or not (work / "state").exists()  # a dry run runs nothing
 
     run = ablate(toy_data, toy_corpus, tiny_bert_dir, work)
@@ -59,3 +60,26 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
     again = ablate(toy_data, toy_corpus, tiny_bert_dir, work)
     assert again.returncode == 0, again.stdout[-4000:]
     assert "running" not in again.stdout and again.stdout.count("done before, reused") == len(planned)
+
+
+def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_bert_dir, tmp_path):
+    dry = subprocess.run([sys.executable, str(ABLATE), "--data", str(toy_data), "--features",
+                          str(toy_corpus / "features.h5"), "--budget", "cpu", "--work-dir", str(tmp_path / "w"),
+                          "--dry-run"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
+    assert dry.returncode == 0, dry.stdout
+    lines = dry.stdout.splitlines()
+    commands = {lines[i].split()[1]: lines[i + 1] for i in range(len(lines) - 1) if lines[i].startswith("# ")}
+    trains = {name[len("train."):]: command for name, command in commands.items()
+              if name.startswith("train.") and "--task vlp_mmt" in command}
+    assert len(trains) == 14 and {"text_plain", "text_vlp", "base", "decoder_text"} <= set(trains)
+    shared = ("--freeze-bert", "--modality-loss off", "--lr 0.002", "--max-epoch 5", "--max-tokens 4096",
+              "--decoder-layers 4", "--best-checkpoint-metric bleu")
+    assert all(flag in command for command in trains.values() for flag in shared)
+    uncached = {name for name, command in trains.items() if "--cache-frozen-encoder" not in command}
+    assert uncached == {"vlp_none", "ffn_trained", "emb_type"}
+    assert "--load-vlp" not in trains["text_plain"] and "--load-vlp" not in trains["vlp_none"]
+    assert "--train-visual-projection" in trains["ffn_trained"] and "--no-regions" in trains["tags_only"]
+    assert "--decoder-memory text" in trains["decoder_text"] and "--max-regions 1" in trains["regions_1"]
+    assert "generate.base.test2016.incongruent" in commands and "generate.text_plain.test2016.incongruent" \
+        not in commands
+    assert not (tmp_path / "w" / "state").exists()

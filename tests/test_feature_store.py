@@ -231,7 +231,7 @@ def test_converters_never_write_boxes_outside_the_image(tmp_path):
         ([[10, 20, 300, 200], [0, 0, 500, 375]], 375, 500, "lies outside the 375 x 500 image (width and height"),
         ([[0.1, 0.2, 0.6, 0.5], [0, 0, 1, 1]], 500, 375, "look normalised already"),
     ):
-        with pytest.raises(ConversionError, match=re.escape(f"det.tsv:1: ") + ".*" + re.escape(problem)):
+        with pytest.raises(ConversionError, match=re.escape("det.tsv:1: ") + ".*" + re.escape(problem)):
             write_detections(str(path), [image(boxes, width, height)])
         assert not path.exists()
 
@@ -279,7 +279,8 @@ def test_newer_version_is_refused(tmp_path):
     path = write_store(tmp_path / "s.h5")
     with h5py.File(path, "r+") as h5:
         h5.attrs["version"] = 3
-    with pytest.raises(FeatureStoreError, match=re.escape(f"{path}: format version 3; this reader reads versions 1, 2")):
+    message = f"{path}: format version 3; this reader reads versions 1, 2"
+    with pytest.raises(FeatureStoreError, match=re.escape(message)):
         FeatureStore(str(path))
 
 

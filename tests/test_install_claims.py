@@ -23,7 +23,8 @@ FIRST_RELEASE_WITH = {
 def setup_keywords():
     """The keyword arguments of setup() in setup.py, as literals."""
     tree = ast.parse((REPO / "setup.py").read_text())
-    call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
+    call = next(node for node in ast.walk(tree)
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
     return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords
             if kw.arg in ("python_requires", "install_requires")}
 

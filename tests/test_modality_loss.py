@@ -8,7 +8,8 @@ import torch
 from fairseq.logging import metrics
 
 from test_vlp_mmt_model import build, first_batch
-from utils import REPO_ROOT, fairseq_train, finish, logged, start
+from utils import REPO_ROOT, fairseq_train, finish, logged, run_cli, start
+from vlp_mmt_fairseq.criterions.vlp_mmt_loss import VlpMmtLossConfig
 
 
 def gate_weights(criterion):
@@ -108,7 +109,7 @@ def test_gate_alone_reaches_the_closed_form(toy_data, toy_corpus, tiny_bert_dir)
         optimizer = torch.optim.LBFGS(gate_weights(criterion), max_iter=500, history_size=100, tolerance_grad=1e-10,
                                       tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
-        def closure():
+        def closure(optimizer=optimizer):
             optimizer.zero_grad()
             loss = criterion.modality_terms(model, net_output, sample)["loss"]
             loss.backward()

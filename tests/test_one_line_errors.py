@@ -118,7 +118,8 @@ def test_foreign_errors_and_debug_mode_keep_the_traceback(tmp_path):
     from vlp_mmt_fairseq.errors import one_line_message
 
     store = tmp_path / "absent.h5"
-    plugin_error = f"import vlp_mmt_fairseq\nfrom vlp_mmt_fairseq.data.feature_store import FeatureStore\nFeatureStore({str(store)!r})"
+    plugin_error = ("import vlp_mmt_fairseq\nfrom vlp_mmt_fairseq.data.feature_store import FeatureStore\n"
+                    f"FeatureStore({str(store)!r})")
     code, output, _ = run([sys.executable, "-c", plugin_error], env=dict(cli_env(), VLP_MMT_DEBUG="1"))
     assert code == 1 and "Traceback" in output and f"FeatureStoreError: {store}: feature store not found" in output
     code, output, _ = run([sys.executable, "-c", "import vlp_mmt_fairseq\nraise KeyError('not ours')"])
@@ -129,7 +130,8 @@ def test_foreign_errors_and_debug_mode_keep_the_traceback(tmp_path):
     assert one_line_message(numpy_error.value) is None
     with pytest.raises(ValueError) as plugin_error:
         FeatureStoreWriter(str(tmp_path / "s.h5"), feature_dim=8, extractor="x", dtype="int8")
-    assert one_line_message(plugin_error.value) == f"{tmp_path / 's.h5'}: feature dtype must be float16 or float32, got int8"
+    expected = f"{tmp_path / 's.h5'}: feature dtype must be float16 or float32, got int8"
+    assert one_line_message(plugin_error.value) == expected
 
 
 def test_console_script_refusal_is_one_line(tmp_path):

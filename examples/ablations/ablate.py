@@ -80,13 +80,13 @@ BUDGETS = {
     "cpu": Budget(
         name="cpu",
         summary="full Multi30K on one CPU thread per step: the bundled MiniLM frozen, a 4-layer d=128 decoder "
-                "(FFN 256, 4 heads), 4,096 tokens per batch, lr 2e-3 inverse_sqrt with 400 warm-up updates, "
-                "8 epochs; VLP of 300 (short) and 1,200 (long) updates",
+                "(FFN 256, 4 heads), 4,096 tokens per batch, lr 2e-3 inverse_sqrt with 200 warm-up updates, "
+                "5 epochs (about 675 updates); VLP of 300 (short) and 600 (long) updates",
         arch="vlp_mmt_tiny",
         decoder=("--decoder-layers", "4", "--decoder-embed-dim", "128", "--decoder-ffn-embed-dim", "256",
                  "--decoder-attention-heads", "4"),
-        max_tokens=4096, lr=2e-3, warmup_updates=400, dropout=0.3, epochs=8,
-        vlp_lr=5e-5, vlp_short_updates=300, vlp_long_updates=1200, regions_few=1, valid_beam=1, test_beam=5,
+        max_tokens=4096, lr=2e-3, warmup_updates=200, dropout=0.3, epochs=5,
+        vlp_lr=5e-5, vlp_short_updates=300, vlp_long_updates=600, regions_few=1, valid_beam=1, test_beam=5,
         gen_max_tokens=8000,
     ),
 }
@@ -149,7 +149,7 @@ def train_log(run: str) -> str:
 
 def vlp_step(budget: Budget, args, which: str) -> Step:
     """VLP (Algorithm 1, steps 3-4) on the training sources and their images: ``which`` is short or long."""
-    run = f"vlp_{which}"
+    run = f"pretrain_{which}"  # not vlp_*: the variant vlp_long has its own train step and save dir
     updates = budget.vlp_short_updates if which == "short" else budget.vlp_long_updates
     return Step(
         f"train.{run}",
@@ -178,8 +178,8 @@ def train_step(budget: Budget, args, variant: Variant) -> Step:
                *variant.model_flags]
     after = []
     if variant.vlp:
-        command += ["--load-vlp", f"ckpt/vlp_{variant.vlp}/checkpoint_last.pt"]
-        after.append(f"train.vlp_{variant.vlp}")
+        command += ["--load-vlp", f"ckpt/pretrain_{variant.vlp}/checkpoint_last.pt"]
+        after.append(f"train.pretrain_{variant.vlp}")
     if variant.cacheable:
         command += ["--cache-frozen-encoder", "--cache-frozen-encoder-dir", f"cache/{v}"]
     valid_generation = json.dumps({"beam": budget.valid_beam, "max_len_a": 1.5, "max_len_b": 10})

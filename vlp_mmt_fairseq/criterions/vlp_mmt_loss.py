@@ -80,7 +80,7 @@ class VlpMmtLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
         default=0.02,
         metadata={"help": "tau, the prior's weight, in units of d = 1 - cos(h_x, h_v) (lambda_j -> sigmoid(logit(p0) "
                           "- d_j / tau)): a large tau makes lambda the constant p0; one near d's spread (0.003 on "
-                          "the toy corpus) lets lambda fall, d rise, and lambda collapse again (docs/modality_loss.md)"},
+                          "the toy corpus) lets lambda fall, d rise and lambda collapse again (docs/modality_loss.md)"},
     )
     modality_gate_inputs: GATE_INPUTS = field(
         default="detached",
@@ -127,7 +127,7 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
                                          prior_p0=modality_prior_p0 if str(modality_gate) == "prior" else None,
                                          prior_tau=modality_prior_tau,
                                          detach_inputs=str(modality_gate_inputs) == "detached")
-        # B-independent lookup: is this target type one of the FREQUENT_TYPES most frequent ones?
+        # one entry per target type: is it one of the FREQUENT_TYPES most frequent types of the training data?
         self.register_buffer("frequent_types", frequent_types(task.target_dictionary, FREQUENT_TYPES),
                              persistent=False)
 

@@ -414,7 +414,9 @@ class FeatureStore:
         members = list(group.keys())
         unknown = [m for m in members if m not in IMAGE_DATASETS]
         if strict and unknown:
-            raise FeatureStoreError(f"{where}: unexpected member '{unknown[0]}' (an image holds {', '.join(IMAGE_DATASETS)})")
+            raise FeatureStoreError(
+                f"{where}: unexpected member '{unknown[0]}' (an image holds {', '.join(IMAGE_DATASETS)})"
+            )
 
         def dataset(name, kinds, ndim, required=True):
             if name not in members:
@@ -430,7 +432,9 @@ class FeatureStore:
             if len(ds.shape) != ndim:
                 raise FeatureStoreError(f"{where}: dataset '{name}' must have {ndim} dimensions, got shape {ds.shape}")
             if strict and ds.size and not ds.fletcher32:
-                raise FeatureStoreError(f"{where}: dataset '{name}' has no checksum (version 2 checksums every dataset)")
+                raise FeatureStoreError(
+                    f"{where}: dataset '{name}' has no checksum (version 2 checksums every dataset)"
+                )
             return ds
 
         feats_ds = dataset("features", "f", 2)
