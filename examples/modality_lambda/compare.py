@@ -87,7 +87,9 @@ def main():
         save_dir = str(out / name)
         train(data, corpus, save_dir, args, VARIANTS[name])
         checkpoint = out / name / "checkpoint_best.pt"
-        generated = quickstart.translate(data, corpus, checkpoint, args, str(out / f"gen.{name}.txt"), images)
+        generated = str(out / f"gen.{name}.txt")
+        if not os.path.exists(generated) or os.path.getmtime(generated) < os.path.getmtime(checkpoint):
+            quickstart.translate(data, corpus, checkpoint, args, generated, images)
         bleu, accuracy = quickstart.score(generated, data, str(corpus / "senses.tsv"))
         seen = inspect(data, corpus, checkpoint, out / f"inspect.{name}")
         logged = last_train_log(save_dir + ".log")
