@@ -26,7 +26,7 @@ BIN = os.path.dirname(sys.executable)
 def run(args, log=None, progress=None):
     """Run one command (echoed); stop with its output if it fails.
 
-    Its output goes to ``log``; the lines that ``progress`` accepts are also shown, shortened.
+    Its output goes to ``log``; what ``progress`` returns for a line (None: nothing) is also shown, shortened.
     """
     args = [str(a) for a in args]
     print("+ " + " ".join(shlex.quote(a) for a in args), flush=True)
@@ -34,8 +34,9 @@ def run(args, log=None, progress=None):
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         for line in process.stdout:
             lines.append(line)
-            if progress is not None and progress(line):
-                print("    " + line.split(" | ", 1)[-1].strip()[:110], flush=True)
+            shown = progress(line) if progress is not None else None
+            if shown:
+                print("    " + shown[:110], flush=True)
     output = "".join(lines)
     if log:
         with open(log, "w", encoding="utf-8") as f:
@@ -46,9 +47,12 @@ def run(args, log=None, progress=None):
     return output
 
 
-def training_progress(line: str) -> bool:
-    """fairseq-train's log lines worth showing: the running loss and each validation."""
-    return "| INFO | train_inner |" in line or "| INFO | valid |" in line
+def training_progress(line: str):
+    """What to show of a fairseq-train log line: the running loss and each validation, without the prefix."""
+    for tag in ("| INFO | train_inner | ", "| INFO | valid | "):
+        if tag in line:
+            return line.split(tag, 1)[1].strip()
+    return None
 
 
 def train(data, corpus, save_dir, args, multimodal):
