@@ -16,7 +16,8 @@ def text_memory_run(toy_data, toy_corpus, tiny_bert_dir, tmp_path_factory):
              "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--modality-loss", "off",
              "--decoder-memory", "text", "--bert-model", tiny_bert_dir, "--image-features", toy_corpus / "features.h5",
              "--freeze-bert", "--optimizer", "adam", "--lr", "2e-3", "--max-tokens", "2000", "--max-epoch", "2",
-             "--train-subset", "valid", "--valid-subset", "test2016", "--save-dir", save_dir, "--cpu", "--num-workers", "0", "--seed", "1"])
+             "--train-subset", "valid", "--valid-subset", "test2016", "--save-dir", save_dir, "--cpu",
+             "--num-workers", "0", "--seed", "1"])
     return save_dir
 
 

@@ -39,7 +39,7 @@ def export_model_dir(checkpoint: str, data_dir: str, out: str, spm_model: Option
     from fairseq import checkpoint_utils
 
     from vlp_mmt_fairseq.bert_loading import VOCAB_FILES, resolve_bert_path
-    from vlp_mmt_fairseq.models.feature_record import BUFFER_NAME, FeatureRecord
+    from vlp_mmt_fairseq.modules.feature_record import BUFFER_NAME, FeatureRecord
 
     if os.path.exists(out) and not force:
         raise ModelDirError(f"{out}: already exists; pass --force to replace it")

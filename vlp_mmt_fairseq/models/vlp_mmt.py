@@ -13,8 +13,8 @@ from fairseq.models.transformer import TransformerDecoder, TransformerModel, bas
 from vlp_mmt_fairseq.bert_export import export_encoder, read_encoder_state
 from vlp_mmt_fairseq.bert_loading import load_bert_model
 from vlp_mmt_fairseq.dataclass.configs import BertEncoderConfig, add_dataclass_args
-from vlp_mmt_fairseq.models import feature_record
 from vlp_mmt_fairseq.models.multimodal_bert_encoder import DECODER_MEMORIES, REGION_EMBEDDINGS, MultimodalBertEncoder
+from vlp_mmt_fairseq.modules import feature_record
 from vlp_mmt_fairseq.modules.beamable_cross_attention import BeamableCrossAttentionMixin
 from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache
 
@@ -173,7 +173,7 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
     def from_pretrained(cls, model_dir, image_features=None, **kwargs):
         """A model directory (``vlp-mmt-export-model``) as fairseq's GeneratorHubInterface, whose
         ``translate(sentences, images=...)`` takes image paths, keys of ``image_features`` or ready features."""
-        from vlp_mmt_fairseq.models.hub_interface import from_pretrained
+        from vlp_mmt_fairseq.hub_interface import from_pretrained
 
         return from_pretrained(model_dir, image_features=image_features, **kwargs)
 
@@ -183,7 +183,7 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
 
     def upgrade_state_dict_named(self, state_dict, name):
         """The checkpoint must have been trained on the features this model was built for (see
-        :mod:`~vlp_mmt_fairseq.models.feature_record`; a multimodal model keeps FFN(v) under ``--no-images``)."""
+        :mod:`~vlp_mmt_fairseq.modules.feature_record`; a multimodal model keeps FFN(v) under ``--no-images``)."""
         super().upgrade_state_dict_named(state_dict, name)
         record = getattr(self, "feature_record", None)
         if record is not None:

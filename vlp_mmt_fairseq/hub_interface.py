@@ -14,7 +14,7 @@ import torch
 from fairseq.hub_utils import GeneratorHubInterface
 
 from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, FeatureStoreWriter, ImageFeatures
-from vlp_mmt_fairseq.models.feature_record import FeatureRecord, FeatureRecordError
+from vlp_mmt_fairseq.modules.feature_record import FeatureRecord, FeatureRecordError
 
 
 def from_pretrained(model_dir: str, image_features: Optional[str] = None, batch_size: int = 16,
