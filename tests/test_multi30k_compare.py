@@ -19,7 +19,7 @@ EXAMPLE = REPO_ROOT / "examples" / "multi30k"
 COMPARE = EXAMPLE / "compare.py"
 sys.path.insert(0, str(EXAMPLE))
 
-from steps import Step, StepError, StepRunner  # noqa: E402
+from vlp_mmt_fairseq.step_runner import Step, StepError, StepRunner  # noqa: E402
 
 # ----------------------------------------------------------------------------- the step runner
 

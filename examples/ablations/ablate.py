@@ -13,7 +13,8 @@ before BERT trains), ``generate.V.valid`` / ``generate.V.test2016`` / ``generate
 (fairseq-generate from the best checkpoint on valid BLEU; the probe shuffles the images with
 ``--shuffle-images-seed 1``), ``mass.V`` (vlp-mmt-attention-mass at the first and the last epoch checkpoint, on
 valid) and ``prune.V`` (deletes the intermediate epoch checkpoints and the encoder cache). Steps run through
-examples/multi30k/steps.py's StepRunner: finished steps are reused, an interrupted run continues.
+vlp_mmt_fairseq/step_runner.py (the StepRunner of the Multi30K comparison): finished steps are reused, an
+interrupted run continues.
 
 The table (``WORK/results/ablation.{md,csv,json}``, ``attention_mass.png``) gives per variant the detokenized
 sacreBLEU on valid and test2016 (and the lowercased tokenized BLEU where the data has ``tok/``), the BLEU lost
@@ -29,13 +30,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
+from vlp_mmt_fairseq.file_utils import atomic_output
+from vlp_mmt_fairseq.step_runner import Step, StepError, StepRunner, order_steps, python_env, shell_command
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-# the step runner of the Multi30K comparison (examples are scripts, not a package)
-sys.path.insert(0, os.path.join(REPO, "examples", "multi30k"))
-
-from steps import Step, StepError, StepRunner, order_steps, python_env, shell_command  # noqa: E402
-from vlp_mmt_fairseq.file_utils import atomic_output  # noqa: E402
 
 USER_DIR = "{REPO}/vlp_mmt_fairseq"
 EVAL_SPLITS = ("valid", "test2016")

@@ -15,17 +15,14 @@ The VLP-initialised models start from a random FFN(v) and the bundled MiniLM: we
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
+import ablate  # this folder: Python puts a script's own folder first on its path
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-
-import ablate  # noqa: E402
 
 
 def build(argv):

@@ -9,14 +9,10 @@ and attached (the gate can also lower L_M by moving the decoder and, with tied e
 It prints ||g_attached - g_detached|| / ||g_detached|| for the whole model, the decoder and the (tied) embedding.
 """
 import argparse
-import os
 import sys
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from inspect_lambda import load  # noqa: E402
+from inspect_lambda import load  # this folder: Python puts a script's own folder first on its path
 
 
 def gradients(task, model, criterion, split, max_tokens, batches, attached):

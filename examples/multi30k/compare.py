@@ -26,7 +26,7 @@ import time
 
 import recipe  # this folder's modules: Python puts a script's own folder first on its path
 from budgets import BUDGETS
-from steps import StepError, StepRunner, order_steps, python_env, shell_command, step_dirs
+from vlp_mmt_fairseq.step_runner import StepError, StepRunner, order_steps, python_env, shell_command, step_dirs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))

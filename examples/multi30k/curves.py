@@ -47,7 +47,7 @@ def plot_curves(curves: Dict[str, List[Tuple[int, float, int]]], stage1_epochs: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from steps import atomic_output
+    from vlp_mmt_fairseq.file_utils import atomic_output
 
     figure, axis = plt.subplots(figsize=(9, 5.5))
     for label, points in curves.items():

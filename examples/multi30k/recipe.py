@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from budgets import Budget
-from steps import Step
+from vlp_mmt_fairseq.step_runner import Step
 
 #: every fairseq command loads the plugin, also for fairseq's own translation task: its compatibility
 #: fixes (safe checkpoint loading with torch >= 2.6) apply to all checkpoints

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Dict, List, Optional
 
-from steps import atomic_output
+from vlp_mmt_fairseq.file_utils import atomic_output
 
 NOT_RUN = "not run"
 SIGNIFICANT = "*"

@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import quickstart  # this folder's quickstart.py: run, translate, score (the quickstart's own steps)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path.insert(0, str(REPO / "examples" / "quickstart"))
-
-import quickstart  # noqa: E402  (run, translate, score: the quickstart's own steps)
+INSPECT = REPO / "examples" / "modality_lambda" / "inspect_lambda.py"
 
 VARIANTS = {
     "prior": [],  # the default: --modality-gate prior
@@ -53,7 +53,7 @@ def last_train_log(path):
 def inspect(data, corpus, checkpoint, out):
     summary = out / "summary.json"
     if not summary.exists():
-        quickstart.run([sys.executable, HERE / "inspect_lambda.py", "--path", checkpoint, "--data", data / "bert",
+        quickstart.run([sys.executable, INSPECT, "--path", checkpoint, "--data", data / "bert",
                         "--split", "valid", "--image-features", corpus / "features.h5", "--out", out,
                         "--summary-json", summary])
     return json.loads(summary.read_text())
