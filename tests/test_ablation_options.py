@@ -66,6 +66,7 @@ def encode(model, sample):
         return model.encoder(**sample["net_input"])
 
 
+@pytest.mark.slow
 def test_defaults_keep_the_paper_settings(toy_data, toy_corpus, tiny_bert_dir):
     _, model, _ = build(toy_data, toy_corpus, tiny_bert_dir)
     assert model.encoder.region_embedding == "none" and model.encoder.decoder_memory == "all"
@@ -76,6 +77,7 @@ def test_defaults_keep_the_paper_settings(toy_data, toy_corpus, tiny_bert_dir):
     assert all(torch.equal(explicit.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_no_regions_gives_tags_only(toy_data, toy_corpus, tiny_bert_dir):
     task, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--no-regions", "--modality-loss", "off")
     assert model.encoder.visual is None  # no FFN(v) without regions
@@ -93,6 +95,7 @@ def test_no_regions_gives_tags_only(toy_data, toy_corpus, tiny_bert_dir):
     assert kinds.eq(PositionKind.REGION).any() and not kinds.eq(PositionKind.TAG).any()
 
 
+@pytest.mark.slow
 def test_decoder_memory_text_hides_the_regions_from_the_decoder(toy_data, toy_corpus, tiny_bert_dir):
     task, shown, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "off")
     _, hidden, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "off", "--decoder-memory", "text")
@@ -116,6 +119,7 @@ def test_decoder_memory_text_hides_the_regions_from_the_decoder(toy_data, toy_co
         build(toy_data, toy_corpus, tiny_bert_dir, "--decoder-memory", "text")  # the modality loss is on
 
 
+@pytest.mark.slow
 def test_recording_the_attention_changes_no_output(toy_data, toy_corpus, tiny_bert_dir):
     task, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "off")
     model.eval()
@@ -128,6 +132,7 @@ def test_recording_the_attention_changes_no_output(toy_data, toy_corpus, tiny_be
     assert all(layer.need_attn for layer in model.decoder.layers)  # restored as fairseq had it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["segment", "position", "type"])
 def test_region_embedding_is_added_before_the_layer_norm_of_ffn_v(toy_data, toy_corpus, tiny_bert_dir, mode):
     task, plain, _ = build(toy_data, toy_corpus, tiny_bert_dir)
@@ -162,6 +167,7 @@ def test_region_embedding_is_added_before_the_layer_norm_of_ffn_v(toy_data, toy_
                               atol=1e-5)
 
 
+@pytest.mark.slow
 def test_region_type_embedding_trains_and_refuses_the_cache(toy_data, toy_corpus, tiny_bert_dir, vlp_export):
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--region-embedding", "type",
                                    "--freeze-bert", "--load-vlp", vlp_export, "--modality-loss", "off")
@@ -178,6 +184,7 @@ def test_region_type_embedding_trains_and_refuses_the_cache(toy_data, toy_corpus
     FrozenEncoderCache.check(plain.encoder, has_regions=True)  # today's stage 1 from VLP: cacheable
 
 
+@pytest.mark.slow
 def test_train_visual_projection_keeps_ffn_v_training(toy_data, toy_corpus, tiny_bert_dir, vlp_export):
     _, frozen, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export)
     assert not any(p.requires_grad for p in frozen.encoder.visual.parameters())  # today's behaviour
@@ -195,6 +202,7 @@ def test_train_visual_projection_keeps_ffn_v_training(toy_data, toy_corpus, tiny
         FrozenEncoderCache.check(model.encoder, has_regions=True)
 
 
+@pytest.mark.slow
 def test_empty_validation_hypotheses_log_bleu_zero(toy_data, toy_corpus, tiny_bert_dir):
     """--best-checkpoint-metric bleu needs a value even when an untrained model's hypotheses are all empty."""
     from fairseq.logging import metrics

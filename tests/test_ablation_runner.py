@@ -62,6 +62,7 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
     assert "running" not in again.stdout and again.stdout.count("done before, reused") == len(planned)
 
 
+@pytest.mark.slow
 def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_bert_dir, tmp_path):
     dry = subprocess.run([sys.executable, str(ABLATE), "--data", str(toy_data), "--features",
                           str(toy_corpus / "features.h5"), "--budget", "cpu", "--work-dir", str(tmp_path / "w"),

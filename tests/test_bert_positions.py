@@ -55,6 +55,7 @@ def vlp_mmt_task(data_dir, *args):
     return tasks.setup_task(convert_namespace_to_omegaconf(parsed).task)
 
 
+@pytest.mark.slow
 def test_tags_that_do_not_fit_are_dropped_lowest_score_first(toy_data, short_bert_dir, many_tags_store, caplog):
     task = vlp_mmt_task(toy_data / "bert", "--bert-model", short_bert_dir, "--image-features", many_tags_store,
                         "--max-tags", len(WORDS))
@@ -89,6 +90,7 @@ def test_fairseq_train_with_more_tags_than_positions_does_not_crash(toy_data, sh
     assert "done training" in result.stdout
 
 
+@pytest.mark.slow
 def test_truncate_source_keeps_sep_last(toy_data, tiny_bert_dir):
     task = vlp_mmt_task(toy_data / "bert", "--bert-model", tiny_bert_dir, "--no-images", "--truncate-source",
                         "--max-source-positions", 8)
@@ -104,6 +106,7 @@ def test_truncate_source_keeps_sep_last(toy_data, tiny_bert_dir):
     assert pair.src[short][-1] == d.eos() and len(pair.src[short]) == int(pair.src_sizes[short])
 
 
+@pytest.mark.slow
 def test_vlp_pretrain_batches_fit_bert(toy_corpus, many_tags_store, short_bert_dir):
     """vlp_pretrain: a caption keeps as many of its (or the random image's) best tags as fit."""
     from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary

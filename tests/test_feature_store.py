@@ -171,6 +171,7 @@ def rss_growth_reading(path, count, first_value, reads=300):
     return growth
 
 
+@pytest.mark.slow
 def test_reading_does_not_load_the_store(tmp_path):
     small, large = 50, 1500
     small_path, first = big_store(tmp_path / "small.h5", small)
@@ -311,6 +312,7 @@ print(digest.hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_concurrent_readers_with_dataloader_workers_read_the_same_values(tmp_path):
     import hashlib
     import subprocess
@@ -341,6 +343,7 @@ def test_a_store_replaced_while_in_use_is_an_error_in_the_workers(tmp_path):
         list(loader)
 
 
+@pytest.mark.slow
 def test_a_store_still_being_written_is_a_clear_error(tmp_path):
     import subprocess
     import sys

@@ -16,6 +16,7 @@ def gate_weights(criterion):
     return [criterion.gate.w_y, criterion.gate.w_x, criterion.gate.w_v]
 
 
+@pytest.mark.slow
 def test_prior_matches_hand_computation(toy_data, toy_corpus, tiny_bert_dir):
     """L_M = sum_j [lambda_j d_j + tau KL(Bern(lambda_j) || Bern(p0))], its gradient and its logs, by hand."""
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-prior-p0", "0.3",
@@ -65,6 +66,7 @@ def test_prior_matches_hand_computation(toy_data, toy_corpus, tiny_bert_dir):
     assert values["modality_prior"] == pytest.approx(float((tau * kl * mask).sum() / mask.sum()), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_frequent_types_come_from_the_training_counts(toy_data, toy_corpus, tiny_bert_dir):
     """The 100 most frequent target types by count; this project's dictionaries are in SentencePiece's order."""
     task, _, criterion = build(toy_data, toy_corpus, tiny_bert_dir)
@@ -80,6 +82,7 @@ def test_frequent_types_come_from_the_training_counts(toy_data, toy_corpus, tiny
           f"top-100 by count = first 100 by index: {bool(torch.equal(frequent, by_index))}")
 
 
+@pytest.mark.slow
 def test_gate_alone_reaches_the_closed_form(toy_data, toy_corpus, tiny_bert_dir):
     """Model frozen, only the gate trains, fewer target tokens than gate weights: every lambda_j goes to
     sigmoid(logit(p0) - d_j / tau), and L_M to its lower bound sum_j -tau log(1 - p0 + p0 exp(-d_j / tau))."""
@@ -129,6 +132,7 @@ def test_gate_alone_reaches_the_closed_form(toy_data, toy_corpus, tiny_bert_dir)
     assert float(target.max() - target.min()) > 0.3  # the second closed form is far from a constant
 
 
+@pytest.mark.slow
 def test_lower_bound_on_a_real_batch(toy_data, toy_corpus, tiny_bert_dir):
     """With more tokens than gate weights the gate cannot fit each token: L_M stays above the bound."""
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir)
@@ -156,6 +160,7 @@ def test_lower_bound_on_a_real_batch(toy_data, toy_corpus, tiny_bert_dir):
     assert gaps[-1] < gaps[0]
 
 
+@pytest.mark.slow
 def test_checkpoint_activations_gives_the_same_modality_gradient(toy_data, toy_corpus, tiny_bert_dir):
     """--checkpoint-activations: the L_M gradient of every model parameter equals the one without it."""
     grads = {}
@@ -190,6 +195,7 @@ def test_checkpoint_activations_gives_the_same_modality_gradient(toy_data, toy_c
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_terms_stay_finite_in_low_precision(toy_data, toy_corpus, tiny_bert_dir):
     """bf16 (CPU autocast, and the model cast to bf16 as --bf16 does): lambda, KL and L_M finite, in float32."""
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir)

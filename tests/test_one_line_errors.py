@@ -104,6 +104,7 @@ def read_missing(rank, path):
 """
 
 
+@pytest.mark.slow
 def test_spawned_worker_error_is_one_line(store_without_the_images, tmp_path):
     """fairseq's GPU runs spawn one process per GPU: their errors come back as ProcessRaisedException."""
     (tmp_path / "spawn_worker.py").write_text(WORKER)
@@ -114,6 +115,7 @@ def test_spawned_worker_error_is_one_line(store_without_the_images, tmp_path):
     assert_one_line(*result, re.escape(f"error: {store_without_the_images}: image 'missing': key not in the store"))
 
 
+@pytest.mark.slow
 def test_foreign_errors_and_debug_mode_keep_the_traceback(tmp_path):
     from vlp_mmt_fairseq.errors import one_line_message
 
@@ -134,6 +136,7 @@ def test_foreign_errors_and_debug_mode_keep_the_traceback(tmp_path):
     assert one_line_message(plugin_error.value) == expected
 
 
+@pytest.mark.slow
 def test_console_script_refusal_is_one_line(tmp_path):
     """vlp-mmt-tsv-to-store refuses pixel boxes outside the image (once clipped silently), in one line."""
     import base64

@@ -33,6 +33,7 @@ def write_split(tmp_path, name, lines, rows):
     return array, listing
 
 
+@pytest.mark.slow
 def test_res4frelu_grid_and_avgpool(tmp_path):
     from vlp_mmt_fairseq.data.feature_store import image_key_from_line
 

@@ -95,6 +95,7 @@ def test_paired_bootstrap_matches_an_independent_numpy_bootstrap(tok_references)
     assert "bs:1000" in result.signature and "tok:none" in result.signature and "case:lc" in result.signature
 
 
+@pytest.mark.slow
 def test_paired_bootstrap_matches_sacrebleus_cli(tok_references, tmp_path):
     system = drop_words(tok_references, 3, 0)
     baseline = drop_words(tok_references, 2, 1)

@@ -80,6 +80,27 @@ def one_line_message(exc: BaseException) -> Optional[str]:
     return None
 
 
+def run_main(main, interrupted: Optional[str] = None) -> None:
+    """A console script's entry point: ``main()``, exiting with its status when non-zero; a plugin error as one
+    line, exit status 1.
+
+    ``interrupted``: the message for Ctrl-C (default: Python's own KeyboardInterrupt).
+    """
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        sys.exit(interrupted)
+    except Exception as e:
+        message = None if os.environ.get(DEBUG_ENV, "") not in ("", "0") else one_line_message(e)
+        if message is None:
+            raise
+        sys.exit(f"error: {message}")
+    if status:
+        sys.exit(status)
+
+
 def excepthook(exc_type, exc, tb, _default=sys.__excepthook__):
     """Print the plugin's own errors as ``error: <message>``; everything else as Python does."""
     message = None if os.environ.get(DEBUG_ENV, "") not in ("", "0") else one_line_message(exc)

@@ -106,15 +106,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cli_main():
-    from vlp_mmt_fairseq.errors import one_line_message
+    from vlp_mmt_fairseq.errors import run_main
 
-    try:
-        sys.exit(main())
-    except Exception as e:
-        message = one_line_message(e)
-        if message is None:
-            raise
-        sys.exit(f"error: {message}")
+    run_main(main)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from vlp_mmt_fairseq.data.feature_store import FeatureStoreError
+from vlp_mmt_fairseq.errors import run_main
 from vlp_mmt_fairseq.features.detector_outputs import (
     ConversionError,
     DetectedImage,
@@ -139,14 +139,16 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cli_main():
+def main() -> int:
     args = get_parser().parse_args()
-    try:
-        count = convert(args.tsv, args.output, args.objects_vocab, args.dtype, args.extractor,
-                        progress=not args.no_progress)
-    except (ConversionError, FeatureStoreError) as e:
-        sys.exit(f"error: {e}")
+    count = convert(args.tsv, args.output, args.objects_vocab, args.dtype, args.extractor,
+                    progress=not args.no_progress)
     print(f"wrote {count} images to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cli_main():
+    run_main(main)  # a ConversionError or FeatureStoreError: one line, exit status 1
 
 
 if __name__ == "__main__":
