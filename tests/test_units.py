@@ -328,3 +328,12 @@ def test_tag_encoder_pickles_without_its_tokenizer():
     copy = pickle.loads(blob)
     assert copy.bert_model == BUNDLED_MINILM and copy._tokenizer is None
     assert copy("street light") == ids and copy._tokenizer is not None  # each data worker loads its own
+
+
+def test_batches_load_in_the_main_thread_without_workers():
+    """fairseq's prefetching daemon thread reading HDF5 at exit hung or aborted the process; it is off then."""
+    from vlp_mmt_fairseq.data.feature_store import reads_in_the_main_thread
+
+    assert reads_in_the_main_thread({"num_workers": 0, "data_buffer_size": 10})["data_buffer_size"] == 0
+    assert reads_in_the_main_thread({"data_buffer_size": 10})["data_buffer_size"] == 0
+    assert reads_in_the_main_thread({"num_workers": 2, "data_buffer_size": 10})["data_buffer_size"] == 10

@@ -13,13 +13,13 @@ import argparse
 import sys
 from typing import List, Optional
 
+from vlp_mmt_fairseq.cli.documented_parser import documented_parser
+
 PROG = "vlp-mmt-export-model"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = documented_parser(PROG, __doc__)
     parser.add_argument("checkpoint", help="a vlp_mmt checkpoint (.pt)")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="the data directory it was trained on (holds dict.<tgt>.txt)")

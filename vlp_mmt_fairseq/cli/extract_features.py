@@ -17,15 +17,15 @@ import sys
 import time
 from typing import List, Optional
 
+from vlp_mmt_fairseq.cli.documented_parser import documented_parser
+
 PROG = "vlp-mmt-extract-features"
 
 
 def get_parser() -> argparse.ArgumentParser:
     from vlp_mmt_fairseq.features.extractor import BUILTIN_EXTRACTORS, DEFAULT_EXTRACTOR
 
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = documented_parser(PROG, __doc__)
     parser.add_argument("input", help="a folder of images, a split's image index (*.img.txt, *.npy) or a list file")
     parser.add_argument("--output", "-o", required=True, metavar="STORE.h5", help="the feature store to write")
     parser.add_argument("--image-dir", metavar="DIR",

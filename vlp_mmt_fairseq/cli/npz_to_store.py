@@ -26,19 +26,18 @@ Usage::
 """
 import argparse
 import os
-import sys
 import zipfile
 from typing import Iterator, List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from vlp_mmt_fairseq.errors import run_main
 from vlp_mmt_fairseq.features.detector_outputs import (
     ConversionError,
     DetectedImage,
     add_store_output_args,
     load_class_names,
+    run_converter,
     write_detections,
 )
 
@@ -188,16 +187,10 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> int:
-    args = get_parser().parse_args()
-    count = convert(args.npz_dir, args.output, args.objects_vocab, args.dtype, args.extractor,
-                    allow_pickle=args.allow_pickle, progress=not args.no_progress)
-    print(f"wrote {count} images to {args.output}", file=sys.stderr)
-    return 0
-
-
 def cli_main():
-    run_main(main)  # a ConversionError or FeatureStoreError: one line, exit status 1
+    run_converter(get_parser(), lambda args: convert(
+        args.npz_dir, args.output, args.objects_vocab, args.dtype, args.extractor,
+        allow_pickle=args.allow_pickle, progress=not args.no_progress))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ import argparse
 import sys
 from typing import List, Optional
 
+from vlp_mmt_fairseq.cli.documented_parser import documented_parser
+
 PROG = "vlp-mmt-resnet-to-store"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = documented_parser(PROG, __doc__)
     parser.add_argument("--split", nargs=2, action="append", required=True, metavar=("ARRAY.npy", "IMAGE_LIST"),
                         help="one split's feature array and its image list (line i names the image of row i); "
                              "repeat for more splits")

@@ -17,6 +17,8 @@ import time
 import warnings
 from typing import List, Optional
 
+from vlp_mmt_fairseq.cli.documented_parser import documented_parser
+
 PROG = "vlp-mmt-translate"
 GENERATION_OPTIONS = ("beam", "nbest", "max_len_a", "max_len_b", "min_len", "lenpen", "unkpen", "no_repeat_ngram_size",
                       "sampling", "sampling_topk", "sampling_topp", "temperature")
@@ -25,9 +27,7 @@ GENERATION_OPTIONS = ("beam", "nbest", "max_len_a", "max_len_b", "min_len", "len
 def get_parser() -> argparse.ArgumentParser:
     from fairseq import options
 
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = documented_parser(PROG, __doc__)
     parser.add_argument("model_dir", help="a model directory written by vlp-mmt-export-model")
     parser.add_argument("--input", default="-", metavar="FILE", help="source<TAB>image lines (default: stdin)")
     parser.add_argument("--image-features", metavar="STORE.h5",

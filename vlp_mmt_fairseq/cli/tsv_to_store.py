@@ -17,18 +17,17 @@ import argparse
 import base64
 import binascii
 import os
-import sys
 from typing import Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from vlp_mmt_fairseq.errors import run_main
 from vlp_mmt_fairseq.features.detector_outputs import (
     ConversionError,
     DetectedImage,
     add_store_output_args,
     load_class_names,
+    run_converter,
     write_detections,
 )
 
@@ -139,16 +138,9 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> int:
-    args = get_parser().parse_args()
-    count = convert(args.tsv, args.output, args.objects_vocab, args.dtype, args.extractor,
-                    progress=not args.no_progress)
-    print(f"wrote {count} images to {args.output}", file=sys.stderr)
-    return 0
-
-
 def cli_main():
-    run_main(main)  # a ConversionError or FeatureStoreError: one line, exit status 1
+    run_converter(get_parser(), lambda args: convert(
+        args.tsv, args.output, args.objects_vocab, args.dtype, args.extractor, progress=not args.no_progress))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ An image *index* maps line i of a split to an image key (see :func:`image_key_fr
 import atexit
 import glob
 import os
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence
@@ -283,14 +284,39 @@ class FeatureStoreWriter:
 
 
 _OPEN_STORES = weakref.WeakSet()
+#: guards opening handles against the exit hook below; set once the interpreter exits
+_OPENING = threading.Lock()
+_EXITING = False
 
 
 @atexit.register
 def _close_open_stores() -> None:
-    """Close every store's HDF5 handle before the interpreter tears down (h5py objects finalized
-    during shutdown, after parts of HDF5 are gone, can crash the process on exit)."""
+    """Close every store's HDF5 handle before the interpreter tears down, and open none after that.
+
+    h5py objects finalized during shutdown, after parts of HDF5 are gone, can crash the process. And fairseq's
+    data-loading thread (a daemon) may still be reading the next epoch's images when training ends: if the
+    interpreter stops it inside HDF5, holding h5py's global lock, the exit deadlocks or aborts ("terminate called
+    without an active exception"). So from here on a read raises instead of touching HDF5.
+    """
+    global _EXITING
+    with _OPENING:
+        _EXITING = True
     for store in list(_OPEN_STORES):
         store.close()
+
+
+def reads_in_the_main_thread(batch_iterator_kwargs: dict) -> dict:
+    """``task.get_batch_iterator``'s options with fairseq's prefetching thread off when batches load in-process.
+
+    With ``--num-workers 0`` fairseq still loads batches in a daemon thread (``--data-buffer-size``). When
+    training ends, that thread may be reading the next images; the interpreter then stops it inside HDF5
+    holding h5py's global lock, and the exit hangs, aborts ("terminate called without an active exception")
+    or crashes. Loading those batches in the main thread costs little: the GIL serialises the two anyway.
+    DataLoader workers (``--num-workers N``) read in their own processes and keep fairseq's buffer.
+    """
+    if not batch_iterator_kwargs.get("num_workers"):
+        batch_iterator_kwargs["data_buffer_size"] = 0
+    return batch_iterator_kwargs
 
 
 class FeatureStore:
@@ -307,9 +333,7 @@ class FeatureStore:
         self.path = path
         self.max_regions = max_regions
         self.max_tags = max_tags
-        self._file = None
-        self._pid = None
-        self._identity = None
+        self._file = self._pid = self._identity = None  # this process's handle, opened lazily
         handle = self._open()
         try:
             attrs = {name: handle.attrs[name] for name in handle.attrs}
@@ -339,21 +363,29 @@ class FeatureStore:
 
     def _open(self):
         if self._file is None or self._pid != os.getpid():
-            if not os.path.exists(self.path):
-                raise FeatureStoreError(f"{self.path}: feature store not found{_unfinished_writer(self.path)}")
-            identity = _file_identity(self.path)
-            if self._identity is not None and identity != self._identity:
-                raise FeatureStoreError(
-                    f"{self.path}: the store was replaced by another file while in use (a writer published a new "
-                    "one); restart so that every process reads the same store"
-                )
-            try:
-                self._file = _h5py().File(self.path, "r")
-            except Exception as e:  # OSError mostly; h5py raises others for some corruptions
-                raise FeatureStoreError(f"{self.path}: {_open_problem(e)}") from e
-            self._identity = identity
-            self._pid = os.getpid()
-            _OPEN_STORES.add(self)
+            with _OPENING:
+                return self._open_handle()
+        return self._file
+
+    def _open_handle(self):
+        """Open this process's handle (the caller holds ``_OPENING``)."""
+        if _EXITING:
+            raise FeatureStoreError(f"{self.path}: not read: the process is exiting")
+        if not os.path.exists(self.path):
+            raise FeatureStoreError(f"{self.path}: feature store not found{_unfinished_writer(self.path)}")
+        identity = _file_identity(self.path)
+        if self._identity is not None and identity != self._identity:
+            raise FeatureStoreError(
+                f"{self.path}: the store was replaced by another file while in use (a writer published a new "
+                "one); restart so that every process reads the same store"
+            )
+        try:
+            self._file = _h5py().File(self.path, "r")
+        except Exception as e:  # OSError mostly; h5py raises others for some corruptions
+            raise FeatureStoreError(f"{self.path}: {_open_problem(e)}") from e
+        self._identity = identity
+        self._pid = os.getpid()
+        _OPEN_STORES.add(self)
         return self._file
 
     def close(self) -> None:

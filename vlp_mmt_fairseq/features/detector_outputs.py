@@ -165,3 +165,21 @@ def add_store_output_args(parser, vocab_required: bool = False) -> None:
                              "float32 keeps the detector's values exactly)")
     parser.add_argument("--extractor", default=BOTTOM_UP_EXTRACTOR,
                         help="description of the detector, stored as the store's 'extractor' attribute")
+
+
+def run_converter(parser, convert) -> None:
+    """A converter's command line: ``convert(args)`` writes the store and returns how many images it holds.
+
+    A ConversionError or FeatureStoreError ends it with one line and exit status 1.
+    """
+    import sys
+
+    from vlp_mmt_fairseq.errors import run_main
+
+    def main() -> int:
+        args = parser.parse_args()
+        count = convert(args)
+        print(f"wrote {count} images to {args.output}", file=sys.stderr)
+        return 0
+
+    run_main(main)

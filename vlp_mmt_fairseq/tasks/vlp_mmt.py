@@ -22,6 +22,7 @@ from vlp_mmt_fairseq.data.feature_store import (
     FeatureStoreError,
     find_image_index,
     read_image_index,
+    reads_in_the_main_thread,
 )
 from vlp_mmt_fairseq.data.image_dataset import ImageDataset, log_lost_tags
 from vlp_mmt_fairseq.data.multimodal_pair_dataset import MultimodalPairDataset
@@ -159,6 +160,10 @@ class VlpMmtTask(TranslationTask):
         tag_encoder = None if self.cfg.no_tags else self.tag_encoder
         return ImageDataset(keys, store, tag_encoder, sep=self.src_dict.eos(), pad=self.src_dict.pad(),
                             regions=self.use_regions)
+
+    def get_batch_iterator(self, dataset, **kwargs):
+        """fairseq's batches, with the images read in the main thread under ``--num-workers 0``."""
+        return super().get_batch_iterator(dataset, **reads_in_the_main_thread(kwargs))
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)

@@ -23,7 +23,13 @@ from omegaconf import II
 
 from vlp_mmt_fairseq.bert_loading import bert_vocab_file, load_bert_config
 from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
-from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError, find_image_index, read_image_index
+from vlp_mmt_fairseq.data.feature_store import (
+    FeatureStore,
+    FeatureStoreError,
+    find_image_index,
+    read_image_index,
+    reads_in_the_main_thread,
+)
 from vlp_mmt_fairseq.data.image_dataset import ImageDataset, log_lost_tags
 from vlp_mmt_fairseq.data.tag_encoder import TagEncoder
 from vlp_mmt_fairseq.data.vlp_pretrain_dataset import VlpPretrainDataset, concat_vlp_datasets
@@ -197,6 +203,10 @@ class VlpPretrainTask(FairseqTask):
         return find_image_index(self.cfg.image_index_dir or directory, split)
 
     # ------------------------------------------------------------------ fairseq interface
+
+    def get_batch_iterator(self, dataset, **kwargs):
+        """fairseq's batches, with the images read in the main thread under ``--num-workers 0``."""
+        return super().get_batch_iterator(dataset, **reads_in_the_main_thread(kwargs))
 
     def max_positions(self):
         return self.cfg.max_source_positions
