@@ -30,7 +30,7 @@ from vlp_mmt_fairseq.data.feature_store import (
     read_image_index,
     reads_in_the_main_thread,
 )
-from vlp_mmt_fairseq.data.image_dataset import ImageDataset, log_lost_tags
+from vlp_mmt_fairseq.data.image_dataset import ImageDataset
 from vlp_mmt_fairseq.data.tag_encoder import TagEncoder
 from vlp_mmt_fairseq.data.vlp_pretrain_dataset import VlpPretrainDataset, concat_vlp_datasets
 from vlp_mmt_fairseq.dataclass.configs import BertConfig, ImageConfig
@@ -189,8 +189,8 @@ class VlpPretrainTask(FairseqTask):
         images = ImageDataset(keys, store, tag_encoder, sep=self.dictionary.eos(), pad=self.dictionary.pad())
         max_text_positions = min(self.cfg.max_source_positions,
                                  load_bert_config(self.cfg.bert_model).max_position_embeddings)
-        if tag_encoder is not None:
-            log_lost_tags(f"{prefix} ({split})", captions.sizes, images, max_text_positions)
+        # each batch fits its captions' tags to BERT's positions (a caption may be paired with another image,
+        # so no count at load time: that pass would read every image's tags of a corpus of millions)
         return VlpPretrainDataset(
             captions, images, self.dictionary, mask_prob=self.cfg.mask_prob,
             mask_caption_only=self.cfg.mask_caption_only, negative_prob=self.cfg.negative_prob,
