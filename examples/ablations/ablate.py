@@ -24,14 +24,21 @@ decoder layers) after the first and the last epoch.
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
 from vlp_mmt_fairseq.file_utils import atomic_output
-from vlp_mmt_fairseq.step_runner import Step, StepError, StepRunner, order_steps, python_env, shell_command
+from vlp_mmt_fairseq.step_runner import (
+    Step,
+    StepError,
+    StepRunner,
+    order_steps,
+    python_env,
+    shell_command,
+    stop_on_sigterm,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -435,13 +442,6 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tables-only", action="store_true", help="run nothing: write the table from what is done")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, then stop")
     return parser
-
-
-def stop_on_sigterm() -> None:
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv=None):

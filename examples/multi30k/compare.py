@@ -20,13 +20,20 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import sys
 import time
 
 import recipe  # this folder's modules: Python puts a script's own folder first on its path
 from budgets import BUDGETS
-from vlp_mmt_fairseq.step_runner import StepError, StepRunner, order_steps, python_env, shell_command, step_dirs
+from vlp_mmt_fairseq.step_runner import (
+    StepError,
+    StepRunner,
+    order_steps,
+    python_env,
+    shell_command,
+    step_dirs,
+    stop_on_sigterm,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -273,15 +280,6 @@ def write_results(runner: StepRunner, setup: recipe.Setup, args, wall_seconds: f
                    curves={k: [list(p) for p in v] for k, v in curves.items()})
     write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return "\n".join(markdown)
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM ends the running step too (as Ctrl-C does), so nothing keeps writing into the work dir."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv=None):
