@@ -1,6 +1,8 @@
 """examples/multi30k/compare.py: finished steps are reused, interrupted ones run again, the tables
 and the validation-BLEU plot come out of real vlp-mmt-score results, and the committed per-system
-scripts are exactly what the recipe writes."""
+scripts are exactly what the recipe writes. The recipe selects every model on valid BLEU, the `cpu`
+budget's estimated step time stays within its 16 hours, and a caption-proxy store makes the
+multimodal rows n/a where it has no images."""
 import csv
 import gzip
 import json
@@ -187,11 +189,11 @@ def test_tables_and_plot_from_finished_systems(tmp_path, multi30k_dir):
     table5 = (out / "table5.md").read_text(encoding="utf-8")
     assert table5 in result.stdout
     for label in ("Transformer (text only)", "BERT-enc, stage 1", "BERT-enc, stage 2", "BERT-NMT",
-                  "Our model) [synthetic features]"):
+                  "Our model) [synthetic source-copy features]"):
         assert label in table5
     assert table5.count("| not run |") == 3  # the BERT-enc rows and BERT-NMT have no scores
     table6 = (out / "table6.md").read_text(encoding="utf-8")
-    assert "| 1st stage only (VLP, BERT frozen, no L_M) [synthetic features] | not run |" in table6
+    assert "| 1st stage only (VLP, BERT frozen, no L_M) [synthetic source-copy features] | not run |" in table6
     for label in ("End2End", "1st stage only", "+ 2nd stage", "last layer, learnable lambda", "all layers",
                   "fixed lambda = 0.4"):
         assert label in table6
@@ -251,9 +253,12 @@ def test_committed_scripts_are_what_the_recipe_writes(tmp_path, multi30k_dir):
             f"examples/multi30k/systems/{name} is stale: regenerate it with compare.py --write-scripts")
         subprocess.run(["bash", "-n", str(tmp_path / name)], check=True)
     full = script_commands(tmp_path, "full.sh")
-    for command in ("fairseq-train data/bert", "--task vlp_pretrain", "--freeze-bert", "--finetune-from-model",
-                    "vlp-mmt-average-checkpoints", "--shuffle-images-seed 1", "--no-images", "vlp-mmt-score"):
+    for command in ("fairseq-train data/bert", "--task vlp_pretrain", "--freeze-bert",
+                    "--finetune-from-model ckpt/full_stage1/checkpoint_best.pt", "--best-checkpoint-metric bleu",
+                    "--path ckpt/full_stage2/checkpoint_best.pt", "--shuffle-images-seed 1", "--no-images",
+                    "vlp-mmt-score"):
         assert command in full
+    assert "vlp-mmt-average-checkpoints" not in full  # the paper budget evaluates the best checkpoints
     assert "--load-vlp" not in script_commands(tmp_path, "bert_enc_stage2.sh")  # no VLP for BERT-enc
     assert len((tmp_path / "full.sh").read_text().splitlines()) < 50  # a list of steps, not their commands
 
@@ -267,3 +272,136 @@ def script_commands(directory, name) -> str:
     commands = dict(blocks)
     assert set(steps) <= set(commands), set(steps) - set(commands)
     return "".join(commands[s] for s in steps)
+
+
+# ----------------------------------------------------------------------------- the recipe and the budgets
+
+
+def cpu_setup(**fields):
+    import recipe
+    from budgets import BUDGETS
+
+    return recipe.Setup(BUDGETS["cpu"], "en", "de", tuple(recipe.TEST_SETS), real_features=True, **fields)
+
+
+def option(command, flag):
+    return command[command.index(flag) + 1]
+
+
+def test_every_model_is_selected_on_valid_bleu_and_stage_2_starts_from_the_best():
+    import recipe
+
+    steps = recipe.all_steps(cpu_setup())
+    trains = {name: s.command for name, s in steps.items() if name.startswith("train.") and name != "train.vlp"}
+    assert len(trains) == 13
+    for name, command in trains.items():
+        assert "--eval-bleu" in command and option(command, "--best-checkpoint-metric") == "bleu", name
+        assert "--maximize-best-checkpoint-metric" in command and "--no-epoch-checkpoints" in command, name
+        assert option(command, "--eval-bleu-remove-bpe") == "sentencepiece", name
+        assert json.loads(option(command, "--eval-bleu-args"))["beam"] == 1, name  # greedy, as valid_beam
+    assert option(trains["train.stage2"], "--finetune-from-model") == "ckpt/stage1/checkpoint_best.pt"
+    assert steps["train.stage2"].after == ["train.stage1"]
+    assert option(trains["train.bert_nmt"], "--warmstart-from") == "ckpt/transformer/checkpoint_best.pt"
+    assert option(trains["train.transformer"], "--task") == "translation"  # on data/text: SentencePiece both sides
+    for name in ("train.bert_enc_stage1", "train.stage1", "train.full_stage1"):
+        assert "--freeze-bert" in trains[name] and "--cache-frozen-encoder" in trains[name]
+    for name, command in trains.items():  # the multimodal rows take the encoder's image options from the defaults
+        assert not [a for a in command if a.startswith(("--region-", "--decoder-memory", "--train-visual"))], name
+    assert not [n for n in steps if n.startswith("average.")]
+    generated = {s.command[s.command.index("--path") + 1] for n, s in steps.items() if n.startswith("generate.")}
+    assert generated == {f"ckpt/{r}/checkpoint_best.pt" for r in
+                         ("transformer", "bert_enc_stage1", "bert_enc_stage2", "bert_nmt", "end2end", "stage1",
+                          "stage2", "full_stage2", "lm_all_stage2", "lm_fixed_stage2")}
+    vlp = steps["train.vlp"].command
+    assert option(vlp, "--train-subset") == "train" and option(vlp, "--valid-subset") == "valid"
+
+
+def test_averaging_is_an_option_of_the_budget():
+    import dataclasses
+
+    import recipe
+
+    setup = cpu_setup()
+    setup = dataclasses.replace(setup, budget=dataclasses.replace(setup.budget, average_last=2))
+    steps = recipe.all_steps(setup)
+    assert option(steps["train.stage1"].command, "--keep-last-epochs") == "2"
+    assert option(steps["average.stage2"].command, "--num-epoch-checkpoints") == "2"
+    assert option(steps["generate.stage2.test2016"].command, "--path") == "ckpt/stage2/average.pt"
+    assert option(steps["train.stage2"].command, "--finetune-from-model") == "ckpt/stage1/checkpoint_best.pt"
+
+
+def test_the_cpu_budget_uses_the_transformer_settings_and_fits_16_hours():
+    import recipe
+
+    setup = cpu_setup()  # every test set for every row: the longest the budget can take
+    b = setup.budget
+    command = recipe.all_steps(setup)["train.transformer"].command
+    for flag, value in (("--encoder-layers", "4"), ("--decoder-layers", "4"), ("--encoder-embed-dim", "128"),
+                        ("--decoder-ffn-embed-dim", "256"), ("--decoder-attention-heads", "4"), ("--lr", "0.005"),
+                        ("--warmup-updates", "2000"), ("--dropout", "0.3"), ("--max-tokens", "4096"),
+                        ("--lr-scheduler", "inverse_sqrt")):
+        assert option(command, flag) == value, flag
+    assert b.spm_vocab_size == 6000 and 3200 <= b.transformer_epochs * b.times.batches_per_epoch <= 3500
+    stage1 = recipe.all_steps(setup)["train.full_stage1"].command
+    for flag in ("--decoder-layers", "--decoder-embed-dim", "--lr", "--warmup-updates", "--max-tokens", "--optimizer"):
+        assert option(stage1, flag) == option(command, flag), flag
+
+    estimate = recipe.estimated_seconds(setup)
+    assert set(estimate) == {s.name for s in recipe.order_steps(recipe.all_steps(setup), [
+        n for s in recipe.SYSTEMS.values() for n in recipe.final_steps(s)])}  # every step counted
+    hours = sum(estimate.values()) / 3600
+    assert 12 < hours <= b.max_step_hours, f"the cpu budget's steps take an estimated {hours:.2f} h"
+    n, t = b.times.batches_per_epoch, b.times
+    assert estimate["train.transformer"] == pytest.approx(25 * (n * 45 * 60 / 3300 + 1014 * 0.016))
+    assert estimate["train.stage1"] == pytest.approx(n * (4.8 + 24 * 1.5) + 25 * 1014 * t.greedy_valid)
+    assert "10.8 min (epoch 1)" in b.summary and "14.8 min" in b.summary  # measured per-epoch times described
+
+
+def write_caption_proxy_store(path: Path, multi30k_dir: Path, splits=("test_2016_flickr",)):
+    """A small store that, like a caption-proxy store, holds test2016's images and no other test set's."""
+    import numpy as np
+
+    from vlp_mmt_fairseq.data.feature_store import FeatureStoreWriter, image_key_from_line
+
+    keys = {image_key_from_line(line) for split in splits
+            for line in (multi30k_dir / "image_splits" / f"{split}.txt").read_text().splitlines() if line.strip()}
+    with FeatureStoreWriter(str(path), feature_dim=4, extractor="caption-proxy: MiniLM (test)") as writer:
+        for key in sorted(keys):
+            writer.add(key, np.ones((1, 4), np.float32), np.array([[0, 0, 1, 1]], np.float32), width=1, height=1)
+
+
+def test_a_caption_proxy_store_makes_the_multimodal_rows_n_a_without_images(tmp_path, multi30k_dir):
+    import compare
+    import recipe
+    from result_tables import Row, markdown_table, table_records
+
+    store = tmp_path / "proxy.h5"
+    write_caption_proxy_store(store, multi30k_dir)
+    args = compare.get_parser().parse_args(["--budget", "cpu", "--multi30k-dir", str(multi30k_dir),
+                                            "--features", str(store)])
+    setup = compare.make_setup(args)
+    assert setup.feature_label == "caption-proxy features" and setup.image_test_sets == ("test2016",)
+    steps = recipe.all_steps(setup)
+    assert "generate.full.test2016.incongruent" in steps and "generate.transformer.mscoco" in steps
+    assert not [n for n in steps if n.startswith("generate.full.") and ("test2017" in n or "mscoco" in n)]
+    assert [a for a in steps["score.full"].command if a.startswith("gen/")] == ["gen/full/test2016.txt:test2016"]
+
+    reference = Row("transformer", "Transformer", False, bleu={"test2016": 30.0, "test2017": 20.0, "mscoco": 10.0})
+    full = Row("full", "Our model", True, bleu={"test2016": 31.5}, probe_bleu={"incongruent": {"test2016": 31.0}})
+    records = table_records([reference, full], "transformer", list(setup.test_sets), list(recipe.PROBES),
+                            image_test_sets=setup.image_test_sets)
+    assert records[1]["not_available"] == "test2017 mscoco" and records[0]["not_available"] == ""
+    assert records[1]["avg_delta_bleu"] == pytest.approx(1.5)  # test2016 only, the set both rows have
+    assert records[1]["bleu_lost_incongruent"] == pytest.approx(0.5)
+    table = markdown_table(records, list(setup.test_sets), list(recipe.PROBES), "Transformer", setup.feature_label)
+    assert "| Our model [caption-proxy features] | 31.50 | - | n/a | n/a | n/a | n/a | +1.50 |" in table
+    notes = " ".join(compare.image_notes(setup))
+    assert "no images of test2017, mscoco" in notes and "test2016 only" in notes
+
+    runner = StepRunner(str(tmp_path / "work"), {}, echo=lambda *_: None)
+    assert "not logged yet" in compare.vlp_note(runner)
+    (tmp_path / "work" / "logs").mkdir(parents=True)
+    record = {"epoch": 1, "valid_mlm_accuracy": "41.5", "valid_pair_accuracy": "77.25", "valid_num_updates": "300"}
+    (tmp_path / "work" / "logs" / "train.vlp.log").write_text(valid_line(1) + "| valid | " + json.dumps(record) + "\n")
+    note = compare.vlp_note(runner)
+    assert "after 300 updates: MLM accuracy 41.50%, pair accuracy 77.25%" in note and "step 2" in note

@@ -17,6 +17,7 @@ Outputs in ``WORK/results/``: ``table5.{md,csv,json}``, ``table6.{md,csv,json}``
 ``--write-scripts DIR`` writes the same recipe as one shell script per system instead.
 """
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -39,6 +40,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 DEFAULT_MULTI30K = os.environ.get("MULTI30K_DIR") or os.path.join(os.path.dirname(REPO), "shared", "multi30k")
+#: how the extractor attribute of a store written by vlp-mmt-caption-proxy-store begins
+CAPTION_PROXY_PREFIX = "caption-proxy:"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -72,15 +75,48 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def inspect_features(path: str, multi30k_dir: str, test_sets) -> tuple:
+    """(label of the multimodal rows, the test sets whose every image the store holds) of the ``--features`` store.
+
+    A caption-proxy store (``vlp-mmt-caption-proxy-store``) says so in its ``extractor`` attribute, and holds
+    train, val and test2016 only. A store that does not exist yet (``--write-scripts``) is taken to cover
+    every test set.
+    """
+    from vlp_mmt_fairseq.data.feature_store import FeatureStore, image_key_from_line
+
+    if not os.path.exists(path):
+        return f"features: {os.path.basename(path)}", tuple(test_sets)
+    store = FeatureStore(path)
+    try:
+        kind = CAPTION_PROXY_PREFIX if store.extractor.startswith(CAPTION_PROXY_PREFIX) else None
+        label = recipe.CAPTION_PROXY_LABEL if kind else f"features: {os.path.basename(path)}"
+        covered = []
+        for t in test_sets:
+            index = os.path.join(multi30k_dir, "image_splits", f"{recipe.TEST_SETS[t]}.txt")
+            with open(index, encoding="utf-8") as f:
+                keys = [image_key_from_line(line) for line in f if line.strip()]
+            if all(key in store for key in keys):
+                covered.append(t)
+    finally:
+        store.close()
+    if not covered:
+        raise StepError(f"{path}: the store holds the images of none of the test sets {', '.join(test_sets)}")
+    return label, tuple(covered)
+
+
 def make_setup(args) -> recipe.Setup:
     budget = BUDGETS[args.budget]
     if args.bert_model:
-        budget = type(budget)(**dict(budget.as_dict(), bert_model=args.bert_model))
+        budget = dataclasses.replace(budget, bert_model=args.bert_model)
     test_sets = recipe.available_test_sets(args.multi30k_dir, args.src, args.tgt)
     if not test_sets:
         raise StepError(f"{args.multi30k_dir}: no test set of {', '.join(recipe.TEST_SETS.values())} has raw "
                         f"text in both '{args.src}' and '{args.tgt}' (is it a Multi30K data/task1 folder?)")
-    return recipe.Setup(budget, args.src, args.tgt, test_sets, real_features=bool(args.features))
+    if not args.features:
+        return recipe.Setup(budget, args.src, args.tgt, test_sets, real_features=False)
+    label, covered = inspect_features(args.features, args.multi30k_dir, test_sets)
+    return recipe.Setup(budget, args.src, args.tgt, test_sets, real_features=True, feature_label=label,
+                        image_test_sets=covered)
 
 
 def wanted_steps(setup: recipe.Setup, systems) -> list:
@@ -200,24 +236,64 @@ def system_seconds(runner: StepRunner, setup: recipe.Setup, system: recipe.Syste
     return round(sum(r["seconds"] for r in records), 1) if all(records) else None
 
 
-def feature_note(setup: recipe.Setup, args) -> str:
-    return f"features: {os.path.basename(args.features)}" if setup.real_features else "synthetic features"
+def checkpoint_note(b) -> str:
+    if b.average_last:
+        return (f"each model is the average of the last {b.average_last} epoch checkpoints of its final run; "
+                "a second stage starts from the first stage's best checkpoint on valid BLEU")
+    return ("each model is its final run's best checkpoint on validation BLEU (greedy, after every epoch), "
+            "and a second stage starts from the first stage's best checkpoint")
 
 
-def table_notes(setup: recipe.Setup, args) -> list:
-    """The notes under both tables: the setup, the metrics and what the probes mean."""
+def image_notes(setup: recipe.Setup) -> list:
+    """What the multimodal rows' images are, and where they are n/a."""
+    notes = []
+    if not setup.real_features:
+        notes.append(f"Multimodal rows use {setup.feature_label}: a synthetic store whose regions plant the content "
+                     "words of each image's own English source sentence (examples/multi30k/image_concepts.py), so "
+                     "the images hold nothing the text lacks; a pipeline check, not a result about images.")
+    elif setup.feature_label == recipe.CAPTION_PROXY_LABEL:
+        notes.append("Multimodal rows use caption-proxy features (vlp-mmt-caption-proxy-store): no pixels; each "
+                     "image's regions are sentence embeddings of the other Multi30K task-2 descriptions of the "
+                     "same picture, its tags the detector-vocabulary words they mention, and no line's own source "
+                     "sentence enters its image.")
+    missing = [t for t in setup.test_sets if setup.image_test_sets is not None and t not in setup.image_test_sets]
+    if missing:
+        kept = ", ".join(setup.system_test_sets(recipe.SYSTEMS["full"]))
+        notes.append(f"n/a: the store holds no images of {', '.join(missing)} (task 2 describes only the train, val "
+                     f"and test2016 images), so the multimodal rows are not evaluated there. Every averaged delta "
+                     "(ΔBLEU, ΔMETEOR, BLEU lost) is the mean over the test sets that both the row and the "
+                     f"reference row have: for a multimodal row, {kept} only; for a text-only row, all of "
+                     f"{', '.join(setup.test_sets)}.")
+    return notes
+
+
+def vlp_note(runner: StepRunner) -> str:
+    """The VLP run's MLM and pair accuracy on the held-out val pairs (its last validation)."""
+    from curves import last_valid_record
+
+    record = last_valid_record(os.path.join(runner.work_dir, recipe.train_log("vlp")))
+    what = ("VLP (Algorithm 1, steps 3-4 only): masked LM and paired-image prediction on the training pairs; "
+            "step 2 (the other task-2 descriptions) is not run")
+    if "valid_mlm_accuracy" not in record or "valid_pair_accuracy" not in record:
+        return what + "; its validation on the held-out val pairs is not logged yet."
+    return (f"{what}. On the held-out val pairs after {record.get('valid_num_updates', '?')} updates: MLM accuracy "
+            f"{float(record['valid_mlm_accuracy']):.2f}%, pair accuracy {float(record['valid_pair_accuracy']):.2f}% "
+            "(chance: 50%).")
+
+
+def table_notes(setup: recipe.Setup, runner: StepRunner) -> list:
+    """The notes under both tables: the setup, the metrics, the checkpoints, the images and what the probes mean."""
     b = setup.budget
     notes = [
         f"{setup.src}-{setup.tgt}, budget '{b.name}': {b.summary}.",
         "BLEU: lowercased, tokenized (the official Multi30K tok/ references; multi-bleu.perl counting), as the "
         "paper reports it; METEOR 1.5 x 100 (exact + stem). Detokenized sacreBLEU is in the CSV/JSON.",
-        f"Beam {b.test_beam}; each model is the average of its last {b.average_last} epoch checkpoints.",
+        f"Beam {b.test_beam}; {checkpoint_note(b)}.",
         "BLEU lost: BLEU minus the BLEU with the images shuffled across sentences (incongruent, seed 1) or "
         "with no image, averaged over the test sets.",
+        *image_notes(setup),
+        vlp_note(runner),
     ]
-    if not setup.real_features:
-        notes.append("Multimodal rows use a synthetic feature store (no real image features): each image's "
-                     "regions plant the content words of its English caption (examples/multi30k/image_concepts.py).")
     if b.test_sentences:
         notes.append(f"Test sets cut to their first {b.test_sentences} sentences: not comparable to published numbers.")
     return notes
@@ -235,7 +311,7 @@ def load_rows(runner: StepRunner, setup: recipe.Setup, current: dict) -> dict:
     return rows
 
 
-def write_curves(runner: StepRunner, setup: recipe.Setup, args, out: str) -> dict:
+def write_curves(runner: StepRunner, setup: recipe.Setup, out: str) -> dict:
     """``valid_bleu.png`` of the systems with a training curve; returns label -> points."""
     from curves import plot_curves, system_curve
 
@@ -247,12 +323,12 @@ def write_curves(runner: StepRunner, setup: recipe.Setup, args, out: str) -> dic
         b = setup.budget
         plot_curves(curves, b.stage1_epochs,
                     f"Validation BLEU per epoch ({setup.src}-{setup.tgt}, budget '{b.name}', "
-                    f"beam {b.valid_beam}; {feature_note(setup, args)})",
+                    f"beam {b.valid_beam}; {setup.feature_label})",
                     os.path.join(out, "valid_bleu.png"))
     return curves
 
 
-def write_results(runner: StepRunner, setup: recipe.Setup, args, wall_seconds: float) -> str:
+def write_results(runner: StepRunner, setup: recipe.Setup, wall_seconds: float) -> str:
     """Tables 5 and 6, the validation-BLEU plot and a summary, in ``WORK/results/``; returns the tables."""
     from result_tables import SIGNIFICANCE_NOTE, paired_significance, table_records, write_table, write_text
 
@@ -261,19 +337,20 @@ def write_results(runner: StepRunner, setup: recipe.Setup, args, wall_seconds: f
     current = runner.plan(every_step, strict=False)  # a recorded result whose inputs changed does not count
     rows = load_rows(runner, setup, current)
     context = {"src": setup.src, "tgt": setup.tgt, "budget": setup.budget.as_dict(),
-               "test_sets": list(setup.test_sets), "features": feature_note(setup, args)}
+               "test_sets": list(setup.test_sets), "features": setup.feature_label,
+               "image_test_sets": list(setup.system_test_sets(recipe.SYSTEMS["full"]))}
     markdown = []
     for key, names, title in (("table5", recipe.TABLE5, "Table 5: systems"),
                               ("table6", recipe.TABLE6, "Table 6: ablation")):
         table_rows = [rows[n] for n in names]
         significance = paired_significance(table_rows, recipe.BASELINE[key], list(setup.test_sets), setup.tgt)
         records = table_records(table_rows, recipe.BASELINE[key], list(setup.test_sets), list(recipe.PROBES),
-                                significance)
-        notes = table_notes(setup, args) + ([SIGNIFICANCE_NOTE] if significance else [])
+                                significance, image_test_sets=setup.image_test_sets)
+        notes = table_notes(setup, runner) + ([SIGNIFICANCE_NOTE] if significance else [])
         markdown.append(write_table(os.path.join(out, key), f"{title} ({setup.src}-{setup.tgt})",
                                     notes, records, list(setup.test_sets), list(recipe.PROBES),
-                                    recipe.BASELINE_LABEL[key], feature_note(setup, args), context))
-    curves = write_curves(runner, setup, args, out)
+                                    recipe.BASELINE_LABEL[key], setup.feature_label, context))
+    curves = write_curves(runner, setup, out)
     step_seconds = sum(runner.record(s)["seconds"] for s in every_step if current[s.name])
     summary = dict(context, command=" ".join(sys.argv), wall_seconds_this_invocation=round(wall_seconds, 1),
                    step_seconds_total=round(step_seconds, 1),
@@ -305,6 +382,9 @@ def main(argv=None):
             for step in ordered:
                 state = "done" if reused[step.name] else "to run"
                 print(f"# {step.name} [{state}]\n{shell_command(step)}")
+            if setup.budget.times:
+                hours = sum(recipe.estimated_seconds(setup, args.systems).values()) / 3600
+                print(f"# estimated step time of these systems (full data, one thread per step): {hours:.1f} h")
             return
         if not args.tables_only:
             known = {s.name: s for s in ordered}
@@ -319,7 +399,7 @@ def main(argv=None):
                         runner.forget(step)
             print(f"{len(ordered)} steps in {runner.work_dir} (budget '{args.budget}', {args.src}-{args.tgt})")
             runner.run(ordered)
-        tables = write_results(runner, setup, args, time.time() - start)
+        tables = write_results(runner, setup, time.time() - start)
     except StepError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -8,25 +8,34 @@ last value.
 """
 import json
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 VALID_MARKER = "| valid | "
 
 
-def valid_bleu_per_epoch(log_path: str) -> Dict[int, float]:
-    """{epoch: validation BLEU} of one ``--eval-bleu`` training log; empty if the log is absent."""
+def valid_records(log_path: str) -> Iterator[dict]:
+    """Every validation record of a ``--log-format json`` training log, in order; none if the log is absent."""
     if not os.path.exists(log_path):
-        return {}
-    curve = {}
+        return
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line_number, line in enumerate(f, 1):
             if VALID_MARKER not in line:
                 continue
             try:
-                record = json.loads(line.split(VALID_MARKER, 1)[1])
+                yield json.loads(line.split(VALID_MARKER, 1)[1])
             except ValueError as e:
                 raise ValueError(f"{log_path}:{line_number}: unreadable validation record ({e})") from e
-            curve[int(record["epoch"])] = float(record.get("valid_bleu", 0.0))
+
+
+def last_valid_record(log_path: str) -> dict:
+    """The last validation record of a training log (e.g. VLP's ``valid_mlm_accuracy``); empty if none."""
+    records = list(valid_records(log_path))
+    return records[-1] if records else {}
+
+
+def valid_bleu_per_epoch(log_path: str) -> Dict[int, float]:
+    """{epoch: validation BLEU} of one ``--eval-bleu`` training log; empty if the log is absent."""
+    curve = {int(r["epoch"]): float(r.get("valid_bleu", 0.0)) for r in valid_records(log_path)}
     return dict(sorted(curve.items()))
 
 

@@ -6,17 +6,28 @@ This file is the one source of truth: ``compare.py`` runs these steps, and ``com
 Systems (rows). Text-only: ``transformer`` (fairseq's own transformer on the SentencePiece
 source), ``bert_enc_stage1`` / ``bert_enc_stage2`` (the BERT encoder without images and without
 VLP, BERT frozen, then everything trained), ``bert_nmt`` (BERT-fused NMT, Zhu et al. 2020,
-warm-started from the transformer). Multimodal, all starting from one small VLP run (Algorithm 1
-on the training captions and their images): ``end2end`` (one stage, everything trains),
-``stage1`` (BERT frozen), ``stage2`` (then everything, at the smaller fine-tuning rate), ``full``
-(both stages with the modality loss at the last decoder layer and a learnable lambda: the paper's
-"Our model"), ``lm_all`` (the modality loss at every decoder layer), ``lm_fixed`` (last layer,
-lambda fixed at 0.4). ``end2end``, ``stage1`` and ``stage2`` train without the modality loss (the
-ablation adds it to the two-stage model). ``end2end`` is stage 1's run without freezing: the same
-learning rate and schedule, so that the row isolates what the two stages change.
+warm-started from the transformer). Multimodal, all starting from one small VLP run: ``end2end``
+(one stage, everything trains), ``stage1`` (BERT frozen), ``stage2`` (then everything, at the
+smaller fine-tuning rate), ``full`` (both stages with the modality loss at the last decoder layer
+and a learnable lambda: the paper's "Our model"), ``lm_all`` (the modality loss at every decoder
+layer), ``lm_fixed`` (last layer, lambda fixed at 0.4). ``end2end``, ``stage1`` and ``stage2``
+train without the modality loss (the ablation adds it to the two-stage model). ``end2end`` is
+stage 1's run without freezing: the same learning rate, so that the row isolates what the two
+stages change. The multimodal runs give no option of the encoder's image input (region embedding,
+decoder memory, FFN(v) training, modality gate): they use the task's and the model's defaults.
 
-Each evaluated model is the average of the last epoch checkpoints of its final run
-(``vlp-mmt-average-checkpoints``); a second stage starts from the first stage's averaged model.
+The VLP run is Algorithm 1, steps 3-4 only: masked LM and paired-image prediction on the task-1
+*training* sources and their images (29,000 pairs with the full data), validated on the held-out
+val pairs, whose MLM and pair accuracy the tables report. Step 2 (pre-training on the other task-2
+descriptions) is not run: with the caption-proxy store, an image holds those descriptions, so it
+would need an image side that leaves each description out of its own pair.
+
+Checkpoints, as the paper selects them (its Figure 3 and section 4.3): every training run
+validates with ``--eval-bleu`` (greedy on the CPU budgets) after each epoch and keeps the best
+checkpoint on that BLEU (``--best-checkpoint-metric bleu``). Stage 2 starts from stage 1's
+``checkpoint_best.pt``, BERT-NMT from the transformer's; each evaluated model is its final run's
+``checkpoint_best.pt``, or, where a budget asks for it (``average_last``), the average of its last
+epoch checkpoints (``vlp-mmt-average-checkpoints``).
 """
 import json
 import os
@@ -24,7 +35,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from budgets import Budget
-from vlp_mmt_fairseq.step_runner import Step
+from vlp_mmt_fairseq.step_runner import Step, order_steps
 
 #: every fairseq command loads the plugin, also for fairseq's own translation task: its compatibility
 #: fixes (safe checkpoint loading with torch >= 2.6) apply to all checkpoints
@@ -33,6 +44,7 @@ TEST_SETS = {"test2016": "test_2016_flickr", "test2017": "test_2017_flickr", "ms
 #: probes of multimodal systems: name -> extra fairseq-generate flags (Elliott 2018)
 PROBES = {"incongruent": ["--shuffle-images-seed", "1"], "no_image": ["--no-images"]}
 BERT_DIR = "models/bert"
+VLP_CHECKPOINT = "ckpt/vlp/checkpoint_last.pt"
 GEN_LEN = ["--max-len-a", "1.5", "--max-len-b", "10"]
 
 
@@ -72,7 +84,7 @@ TABLE6 = ("end2end", "stage1", "stage2", "full", "lm_all", "lm_fixed")
 BASELINE = {"table5": "transformer", "table6": "full"}
 BASELINE_LABEL = {"table5": "Transformer", "table6": "Our model"}
 
-#: vlp_mmt runs: (stage, modality-loss flags, the run whose averaged model it continues)
+#: vlp_mmt runs: (stage, modality-loss flags, the run whose best checkpoint it continues)
 VLP_MMT_RUNS = {
     "bert_enc_stage1": (1, ["--modality-loss", "off"], None),
     "bert_enc_stage2": (2, ["--modality-loss", "off"], "bert_enc_stage1"),
@@ -89,6 +101,11 @@ VLP_MMT_RUNS = {
 TEXT_ONLY_RUNS = {"bert_enc_stage1", "bert_enc_stage2"}
 
 
+#: features that carry the source sentence's own words (the pipeline checks' store, ``image_concepts.py``)
+SYNTHETIC_LABEL = "synthetic source-copy features"
+CAPTION_PROXY_LABEL = "caption-proxy features"
+
+
 @dataclass(frozen=True)
 class Setup:
     """What one comparison is run on: the languages, the budget, the data and the features."""
@@ -98,6 +115,9 @@ class Setup:
     tgt: str
     test_sets: Tuple[str, ...]
     real_features: bool  # True: the store given by --features ({FEATURES}); False: synthetic
+    feature_label: str = SYNTHETIC_LABEL  # how the tables label the multimodal rows
+    #: the test sets whose images the store holds (None: all); the multimodal rows are n/a on the others
+    image_test_sets: Optional[Tuple[str, ...]] = None
 
     @property
     def features(self) -> str:
@@ -112,9 +132,30 @@ class Setup:
     def regions(self) -> str:
         return str(self.budget.regions)
 
+    def system_test_sets(self, system: "System") -> Tuple[str, ...]:
+        """The test sets ``system`` is evaluated on: all of them, or for a multimodal row those with images."""
+        if not system.multimodal or self.image_test_sets is None:
+            return self.test_sets
+        return tuple(t for t in self.test_sets if t in self.image_test_sets)
+
+
+def best(run: str) -> str:
+    """The run's best checkpoint on valid BLEU: where the next stage starts."""
+    return f"ckpt/{run}/checkpoint_best.pt"
+
 
 def averaged(run: str) -> str:
     return f"ckpt/{run}/average.pt"
+
+
+def evaluated(budget: Budget, run: str) -> str:
+    """The model that is evaluated when ``run`` is a system's final run."""
+    return averaged(run) if budget.average_last else best(run)
+
+
+def finished_after(budget: Budget, run: str) -> str:
+    """The step after which ``run``'s evaluated model exists."""
+    return f"average.{run}" if budget.average_last else f"train.{run}"
 
 
 def train_log(run: str) -> str:
@@ -180,19 +221,33 @@ def feature_after(setup: Setup) -> List[str]:
 # ----------------------------------------------------------------------------- training
 
 
-def optimisation(b: Budget, lr: float, epochs: int, run: str) -> List[str]:
-    """Flags every fairseq-train of the comparison shares."""
+def optimisation(b: Budget, run: str, epochs: int, finetune: bool = False) -> List[str]:
+    """Flags every fairseq-train of the comparison shares: the optimiser, the schedule, the checkpoint selection."""
     valid_generation = json.dumps({"beam": b.valid_beam, "max_len_a": 1.5, "max_len_b": 10})
+    lr, warmup = (b.finetune_lr, b.finetune_warmup_updates) if finetune else (b.lr, b.warmup_updates)
+    keep = ["--keep-last-epochs", str(b.average_last)] if b.average_last else ["--no-epoch-checkpoints"]
     return [
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", str(lr), "--lr-scheduler", "inverse_sqrt",
-        "--warmup-updates", str(b.warmup_updates), "--warmup-init-lr", "1e-07", "--weight-decay", "0.0001",
+        "--warmup-updates", str(warmup), "--warmup-init-lr", "1e-07", "--weight-decay", "0.0001",
         "--dropout", str(b.dropout), "--label-smoothing", "0.1",
         "--max-tokens", str(b.max_tokens), "--required-batch-size-multiple", "1", "--max-epoch", str(epochs),
-        "--save-dir", f"ckpt/{run}", "--keep-last-epochs", str(b.average_last),
+        "--save-dir", f"ckpt/{run}", *keep,
         "--eval-bleu", "--eval-bleu-args", valid_generation, "--eval-bleu-detok", "space",
-        "--eval-bleu-remove-bpe", "sentencepiece",
+        "--eval-bleu-remove-bpe", "sentencepiece", "--best-checkpoint-metric", "bleu",
+        "--maximize-best-checkpoint-metric",
         "--seed", "1", "--log-format", "json", "--log-interval", "10", *b.device_flags,
     ]
+
+
+def size_flags(b: Budget, encoder: bool) -> List[str]:
+    """The budget's decoder size (and the transformer's encoder size), or nothing where the arch decides."""
+    if b.size is None:
+        return []
+    return (b.size.flags("encoder") if encoder else []) + b.size.flags("decoder")
+
+
+def train_outputs(run: str) -> List[str]:
+    return [f"ckpt/{run}/checkpoint_last.pt", best(run)]
 
 
 def average_step(setup: Setup, run: str, train_step: Step) -> Step:
@@ -205,13 +260,14 @@ def average_step(setup: Setup, run: str, train_step: Step) -> Step:
 
 
 def transformer_step(setup: Setup) -> Step:
+    """fairseq's translation task on the SentencePiece text: valid BLEU on the pieces joined back into raw text."""
     b = setup.budget
     return Step(
         "train.transformer",
         ["fairseq-train", "data/text", "--user-dir", USER_DIR, "--task", "translation",
-         "-s", setup.src, "-t", setup.tgt, "--arch", b.transformer_arch, "--criterion", "label_smoothed_cross_entropy",
-         *optimisation(b, b.lr, b.transformer_epochs, "transformer")],
-        outputs=["ckpt/transformer/checkpoint_last.pt"], after=["prepare"], log=train_log("transformer"),
+         "-s", setup.src, "-t", setup.tgt, "--arch", b.transformer_arch, *size_flags(b, encoder=True),
+         "--criterion", "label_smoothed_cross_entropy", *optimisation(b, "transformer", b.transformer_epochs)],
+        outputs=train_outputs("transformer"), after=["prepare"], log=train_log("transformer"),
         clean=["ckpt/transformer", train_log("transformer")],
     )
 
@@ -222,15 +278,19 @@ def bert_nmt_step(setup: Setup) -> Step:
         "train.bert_nmt",
         ["fairseq-train", "data/text", "--user-dir", USER_DIR, "--task", "bert_fused_translation",
          "-s", setup.src, "-t", setup.tgt, "--bert-model", setup.bert_model, "--arch", b.bert_nmt_arch,
-         "--warmstart-from", averaged("transformer"), "--criterion", "label_smoothed_cross_entropy",
-         *optimisation(b, b.lr, b.bert_nmt_epochs, "bert_nmt")],
-        outputs=["ckpt/bert_nmt/checkpoint_last.pt"], after=["average.transformer"], log=train_log("bert_nmt"),
+         *size_flags(b, encoder=True), "--warmstart-from", best("transformer"),
+         "--criterion", "label_smoothed_cross_entropy", *optimisation(b, "bert_nmt", b.bert_nmt_epochs)],
+        outputs=train_outputs("bert_nmt"), after=["train.transformer"], log=train_log("bert_nmt"),
         clean=["ckpt/bert_nmt", train_log("bert_nmt")],
     )
 
 
 def vlp_step(setup: Setup) -> Step:
-    """A small VLP run (Algorithm 1, steps 3-4): masked LM and paired-image prediction on the training captions."""
+    """VLP (Algorithm 1, steps 3-4): masked LM and paired-image prediction on the training pairs only.
+
+    fairseq validates on the held-out val pairs (``--valid-subset valid``) after each epoch and at the end;
+    the last validation's MLM and pair accuracy go into the tables' notes. Stage 1 loads the last checkpoint.
+    """
     b = setup.budget
     return Step(
         "train.vlp",
@@ -240,9 +300,10 @@ def vlp_step(setup: Setup) -> Step:
          "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", str(b.vlp_lr),
          "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(max(1, b.vlp_updates // 10)),
          "--warmup-init-lr", "1e-07", "--weight-decay", "0.01", "--max-tokens", str(b.max_tokens),
-         "--max-update", str(b.vlp_updates), "--save-dir", "ckpt/vlp", "--no-epoch-checkpoints",
+         "--max-update", str(b.vlp_updates), "--train-subset", "train", "--valid-subset", "valid",
+         "--save-dir", "ckpt/vlp", "--no-epoch-checkpoints",
          "--seed", "1", "--log-format", "json", "--log-interval", "10", *b.device_flags],
-        outputs=["ckpt/vlp/checkpoint_last.pt"], after=feature_after(setup), log=train_log("vlp"),
+        outputs=[VLP_CHECKPOINT], after=feature_after(setup), log=train_log("vlp"),
         clean=["ckpt/vlp", train_log("vlp")],
     )
 
@@ -255,32 +316,31 @@ def vlp_mmt_step(setup: Setup, run: str) -> Step:
     images = ["--no-images"] if text_only else ["--image-features", setup.features, "--max-regions", setup.regions]
     command = ["fairseq-train", "data/bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "-s", setup.src,
                "-t", setup.tgt, "--bert-model", setup.bert_model, "--arch", b.vlp_mmt_arch,
-               "--criterion", "vlp_mmt_loss", *modality, *images]
+               *size_flags(b, encoder=False), "--criterion", "vlp_mmt_loss", *modality, *images]
     after = ["prepare"] if text_only else feature_after(setup)
     if stage == 2:
-        command += ["--finetune-from-model", averaged(previous)]
-        after = [f"average.{previous}"]
+        command += ["--finetune-from-model", best(previous)]
+        after = [f"train.{previous}"]
     elif not text_only:
-        command += ["--load-vlp", "ckpt/vlp/checkpoint_last.pt"]
+        command += ["--load-vlp", VLP_CHECKPOINT]
         after = after + ["train.vlp"]
     if stage == 1:
         command += ["--freeze-bert", "--cache-frozen-encoder"]
-    lr, epochs = {0: (b.lr, b.end2end_epochs), 1: (b.lr, b.stage1_epochs),
-                  2: (b.finetune_lr, b.stage2_epochs)}[stage]
-    command += optimisation(b, lr, epochs, run)
-    return Step(f"train.{run}", command, outputs=[f"ckpt/{run}/checkpoint_last.pt"], after=after, log=train_log(run),
+    epochs = {0: b.end2end_epochs, 1: b.stage1_epochs, 2: b.stage2_epochs}[stage]
+    command += optimisation(b, run, epochs, finetune=stage == 2)
+    return Step(f"train.{run}", command, outputs=train_outputs(run), after=after, log=train_log(run),
                 clean=[f"ckpt/{run}", train_log(run)])
 
 
 def run_steps(setup: Setup, run: str) -> List[Step]:
-    """The training step of ``run`` and the averaging of its last epoch checkpoints."""
+    """The training step of ``run`` (and, where the budget averages, the averaging of its last epochs)."""
     if run == "transformer":
         train = transformer_step(setup)
     elif run == "bert_nmt":
         train = bert_nmt_step(setup)
     else:
         train = vlp_mmt_step(setup, run)
-    return [train, average_step(setup, run, train)]
+    return [train, average_step(setup, run, train)] if setup.budget.average_last else [train]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -306,19 +366,19 @@ def generate_step(setup: Setup, system: System, test_set: str, probe: Optional[s
         command += ["data/bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "--bert-model", setup.bert_model]
         command += (["--image-features", setup.features, "--max-regions", setup.regions] if system.multimodal
                     else ["--no-images"])
-    command += ["-s", setup.src, "-t", setup.tgt, "--path", averaged(run), "--gen-subset", test_set,
+    command += ["-s", setup.src, "-t", setup.tgt, "--path", evaluated(b, run), "--gen-subset", test_set,
                 "--beam", str(b.test_beam), "--max-tokens", str(b.gen_max_tokens), *GEN_LEN,
                 "--required-batch-size-multiple", "1", "--post-process", "sentencepiece", *b.device_flags]
     if probe:
         command += PROBES[probe]
     name = f"generate.{system.name}.{test_set}{'.' + probe if probe else ''}"
     return Step(name, command, outputs=[generation_output(system.name, test_set, probe)],
-                after=[f"average.{run}"], stdout=generation_output(system.name, test_set, probe),
+                after=[finished_after(b, run)], stdout=generation_output(system.name, test_set, probe),
                 log=f"logs/generate.{system.name}.log")
 
 
 def score_step(setup: Setup, system: System, probe: Optional[str], generated: List[Step]) -> Step:
-    outputs = [f"{generation_output(system.name, t, probe)}:{t}" for t in setup.test_sets]
+    outputs = [f"{generation_output(system.name, t, probe)}:{t}" for t in setup.system_test_sets(system)]
     command = ["vlp-mmt-score", "--generate-output", *outputs, "--refs-dir", "data", "--tgt", setup.tgt,
                "--json", scores_path(system.name, probe)]
     if probe:
@@ -329,12 +389,15 @@ def score_step(setup: Setup, system: System, probe: Optional[str], generated: Li
 
 
 def system_steps(setup: Setup, system: System) -> List[Step]:
-    """Training, averaging, generation and scoring of one system (not the steps it shares)."""
+    """Training, generation and scoring of one system (not the steps it shares).
+
+    A multimodal system is generated only on the test sets whose images the store holds.
+    """
     steps = []
     for run in system.runs:
         steps += run_steps(setup, run)
     for probe in [None] + (list(PROBES) if system.multimodal else []):
-        generated = [generate_step(setup, system, t, probe) for t in setup.test_sets]
+        generated = [generate_step(setup, system, t, probe) for t in setup.system_test_sets(system)]
         steps += generated + [score_step(setup, system, probe, generated)]
     return steps
 
@@ -365,3 +428,55 @@ def available_test_sets(multi30k_dir: str, src: str, tgt: str) -> Tuple[str, ...
                os.path.exists(os.path.join(multi30k_dir, "raw", f"{split}.{lang}")) for lang in (src, tgt)):
             found.append(name)
     return tuple(found)
+
+
+# ----------------------------------------------------------------------------- estimated step time
+
+#: sentences of the full splits, for the step-time estimate
+SENTENCES = {"valid": 1014, "test2016": 1000, "test2017": 1000, "mscoco": 461}
+SMALL_STEPS = ("subset", "bert", "concepts", "features", "score")
+
+
+def training_seconds(setup: Setup, run: str) -> float:
+    """Estimated time of ``train.<run>``: its batches at the measured rate of its kind, and a validation per epoch."""
+    b, t = setup.budget, setup.budget.times
+    n, valid = t.batches_per_epoch, t.greedy_valid * SENTENCES["valid"]
+    if run == "vlp":
+        return b.vlp_updates * t.vlp
+    if run == "transformer":
+        return b.transformer_epochs * (n * t.transformer + valid)
+    if run == "bert_nmt":  # not measured: BERT runs every batch, as in an uncached run (forward only: less)
+        return b.bert_nmt_epochs * (n * t.uncached + valid)
+    stage = VLP_MMT_RUNS[run][0]
+    if stage == 1:
+        first, later = ((t.text_stage1_first, t.text_stage1_later) if run in TEXT_ONLY_RUNS
+                        else (t.image_stage1_first, t.image_stage1_later))
+        return n * (first + (b.stage1_epochs - 1) * later) + b.stage1_epochs * valid
+    epochs = b.end2end_epochs if stage == 0 else b.stage2_epochs
+    return epochs * (n * t.uncached + valid)
+
+
+def step_seconds(setup: Setup, step: Step) -> float:
+    """Estimated time of one step of the full-data recipe; a step of an unknown kind is an error."""
+    t = setup.budget.times
+    kind, _, rest = step.name.partition(".")
+    if kind == "prepare":
+        return t.prepare
+    if kind in SMALL_STEPS:
+        return t.small_step
+    if kind == "average":
+        return t.average
+    if kind == "train":
+        return training_seconds(setup, rest)
+    if kind == "generate":
+        return t.beam_generate * SENTENCES[rest.split(".")[1]]
+    raise ValueError(f"step '{step.name}': no time estimate for this kind of step")
+
+
+def estimated_seconds(setup: Setup, systems=None) -> Dict[str, float]:
+    """Step name -> estimated seconds, for the steps of ``systems`` (default: all), from the budget's StepTimes."""
+    if setup.budget.times is None:
+        raise ValueError(f"budget '{setup.budget.name}' has no measured step times")
+    steps = all_steps(setup)
+    wanted = [name for s in (systems or SYSTEMS) for name in final_steps(SYSTEMS[s])]
+    return {step.name: step_seconds(setup, step) for step in order_steps(steps, wanted)}

@@ -3,8 +3,10 @@
 Each row gives, per test set, BLEU (lowercased and tokenized, as MMT papers report it; the
 detokenized sacreBLEU is in the CSV and JSON too) and METEOR x 100, then the average over the test
 sets of its difference to the table's reference row (the text-only transformer in Table 5, the
-full model in Table 6). Beside every multimodal row: the BLEU it loses, averaged over the test
-sets, when its images are shuffled across sentences (incongruent) and when it gets none.
+full model in Table 6), over the test sets that both rows have. Beside every multimodal row: the
+BLEU it loses, averaged over its test sets, when its images are shuffled across sentences
+(incongruent) and when it gets none. A multimodal row shows n/a on a test set whose images the
+feature store does not hold (a caption-proxy store has no test2017 or mscoco images).
 
 Every BLEU comes with sacreBLEU's 95% interval, and every row but the reference is compared with
 the reference row on each test set by paired bootstrap resampling
@@ -16,11 +18,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from statistics import mean
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from vlp_mmt_fairseq.file_utils import atomic_output
 
 NOT_RUN = "not run"
+NOT_AVAILABLE = "n/a"
 SIGNIFICANT = "*"
 SIGNIFICANCE_NOTE = (
     "BLEU ± h: sacreBLEU's 95% interval (mean ± h over 1,000 bootstrap resamples of the test set). "
@@ -144,8 +147,13 @@ def paired_significance(rows: List[Row], reference: str, test_sets: List[str], l
 
 
 def table_records(rows: List[Row], reference: str, test_sets: List[str], probes: List[str],
-                  significance: Optional[Dict[str, dict]] = None) -> List[dict]:
-    """Plain records of a table (the JSON and CSV content); ``significance`` from :func:`paired_significance`."""
+                  significance: Optional[Dict[str, dict]] = None,
+                  image_test_sets: Optional[Sequence[str]] = None) -> List[dict]:
+    """Plain records of a table (the JSON and CSV content); ``significance`` from :func:`paired_significance`.
+
+    ``image_test_sets``: the test sets whose images the store holds (None: all); a multimodal row lists the
+    others in ``not_available``.
+    """
     significance = significance or {}
     reference_intervals = {t: (r.reference_mean, r.reference_ci) for tests in significance.values()
                            for t, r in tests.items()}
@@ -153,8 +161,10 @@ def table_records(rows: List[Row], reference: str, test_sets: List[str], probes:
     ref = by_name.get(reference)
     records = []
     for row in rows:
+        missing = [t for t in test_sets if row.multimodal and image_test_sets is not None
+                   and t not in image_test_sets]
         record = {"system": row.system, "label": row.label, "multimodal": row.multimodal,
-                  "finished": row.finished, "seconds": row.seconds}
+                  "finished": row.finished, "seconds": row.seconds, "not_available": " ".join(missing)}
         for t in test_sets:
             record[f"{t}_bleu"] = row.bleu.get(t)
             record[f"{t}_meteor"] = row.meteor.get(t)
@@ -211,7 +221,8 @@ def markdown_table(records: List[dict], test_sets: List[str], probes: List[str],
             continue
         cells = [label]
         for t in test_sets:
-            cells += [_bleu_cell(r, t), _number(r[f"{t}_meteor"])]
+            na = t in r["not_available"].split()
+            cells += [NOT_AVAILABLE] * 2 if na else [_bleu_cell(r, t), _number(r[f"{t}_meteor"])]
         cells += [_number(r["avg_delta_bleu"], True), _number(r["avg_delta_meteor"], True)]
         cells += [_number(r[f"bleu_lost_{p}"], True) if r["multimodal"] else "n/a" for p in probes]
         lines.append("| " + " | ".join(cells) + " |")

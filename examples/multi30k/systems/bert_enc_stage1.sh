@@ -6,7 +6,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 run_steps \
   prepare \
   train.bert_enc_stage1 \
-  average.bert_enc_stage1 \
   generate.bert_enc_stage1.test2016 \
   generate.bert_enc_stage1.test2017 \
   generate.bert_enc_stage1.mscoco \

@@ -6,9 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 run_steps \
   prepare \
   train.bert_enc_stage1 \
-  average.bert_enc_stage1 \
   train.bert_enc_stage2 \
-  average.bert_enc_stage2 \
   generate.bert_enc_stage2.test2016 \
   generate.bert_enc_stage2.test2017 \
   generate.bert_enc_stage2.mscoco \

@@ -6,9 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 run_steps \
   prepare \
   train.transformer \
-  average.transformer \
   train.bert_nmt \
-  average.bert_nmt \
   generate.bert_nmt.test2016 \
   generate.bert_nmt.test2017 \
   generate.bert_nmt.mscoco \

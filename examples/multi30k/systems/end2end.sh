@@ -7,7 +7,6 @@ run_steps \
   prepare \
   train.vlp \
   train.end2end \
-  average.end2end \
   generate.end2end.test2016 \
   generate.end2end.test2017 \
   generate.end2end.mscoco \

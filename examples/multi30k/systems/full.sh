@@ -7,9 +7,7 @@ run_steps \
   prepare \
   train.vlp \
   train.full_stage1 \
-  average.full_stage1 \
   train.full_stage2 \
-  average.full_stage2 \
   generate.full.test2016 \
   generate.full.test2017 \
   generate.full.mscoco \

@@ -7,9 +7,7 @@ run_steps \
   prepare \
   train.vlp \
   train.lm_all_stage1 \
-  average.lm_all_stage1 \
   train.lm_all_stage2 \
-  average.lm_all_stage2 \
   generate.lm_all.test2016 \
   generate.lm_all.test2017 \
   generate.lm_all.mscoco \

@@ -7,9 +7,7 @@ run_steps \
   prepare \
   train.vlp \
   train.lm_fixed_stage1 \
-  average.lm_fixed_stage1 \
   train.lm_fixed_stage2 \
-  average.lm_fixed_stage2 \
   generate.lm_fixed.test2016 \
   generate.lm_fixed.test2017 \
   generate.lm_fixed.mscoco \

@@ -7,7 +7,6 @@ run_steps \
   prepare \
   train.vlp \
   train.stage1 \
-  average.stage1 \
   generate.stage1.test2016 \
   generate.stage1.test2017 \
   generate.stage1.mscoco \

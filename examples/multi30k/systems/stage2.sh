@@ -7,9 +7,7 @@ run_steps \
   prepare \
   train.vlp \
   train.stage1 \
-  average.stage1 \
   train.stage2 \
-  average.stage2 \
   generate.stage2.test2016 \
   generate.stage2.test2017 \
   generate.stage2.mscoco \

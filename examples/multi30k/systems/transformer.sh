@@ -6,7 +6,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 run_steps \
   prepare \
   train.transformer \
-  average.transformer \
   generate.transformer.test2016 \
   generate.transformer.test2017 \
   generate.transformer.mscoco \
