@@ -6,9 +6,10 @@ Example (CPU smoke run, about an hour on 2 cores)::
     python examples/multi30k/compare.py --src en --tgt de --budget smoke
 
 Every system is a sequence of plain commands (``recipe.py``): prepare Multi30K, write synthetic
-image features (unless ``--features`` names a real store), a small VLP run for the multimodal
-systems, fairseq-train per stage, checkpoint averaging, fairseq-generate per test set (and, for
-multimodal systems, with incongruent images and with no image), vlp-mmt-score. Finished steps are
+image features (unless ``--features`` names a real or caption-proxy store), a small VLP run for the
+multimodal systems, fairseq-train per stage (the best checkpoint on valid BLEU is kept), fairseq-generate
+per test set (and, for multimodal systems, with incongruent images and with no image), vlp-mmt-score.
+A multimodal system is generated only on the test sets whose images the store holds. Finished steps are
 recorded in ``WORK/state/`` and reused; re-running the same command after an interruption
 continues where it stopped (an interrupted fairseq-train resumes from its checkpoint_last.pt).
 
@@ -56,8 +57,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", choices=list(BUDGETS), default="smoke",
                         help="; ".join(f"{b.name}: {b.summary}" for b in BUDGETS.values()))
     parser.add_argument("--work-dir", help="where everything goes (default work_dirs/multi30k.SRC-TGT.BUDGET)")
-    parser.add_argument("--features", help="a real HDF5 feature store (docs/feature_store.md) covering every "
-                        "Multi30K image; default: a synthetic store (rows are labelled so)")
+    parser.add_argument("--features", help="an HDF5 feature store (docs/feature_store.md) of the Multi30K images, "
+                        "e.g. the caption-proxy store (vlp-mmt-caption-proxy-store; train, val and test2016 only: "
+                        "the multimodal rows are n/a on the other test sets); default: a synthetic source-copy "
+                        "store for pipeline checks (rows are labelled so)")
     parser.add_argument("--bert-model", help="override the budget's BERT (a local directory or hub name)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch threads per command (OMP_NUM_THREADS); 1 helps on a machine shared with "
