@@ -243,7 +243,8 @@ def checkpoint_note(b) -> str:
     if b.average_last:
         return (f"each model is the average of the last {b.average_last} epoch checkpoints of its final run; "
                 "a second stage starts from the first stage's best checkpoint on valid BLEU")
-    return ("each model is its final run's best checkpoint on validation BLEU (greedy, after every epoch), "
+    search = "greedy" if b.valid_beam == 1 else f"beam {b.valid_beam}"
+    return (f"each model is its final run's best checkpoint on validation BLEU ({search}, after every epoch), "
             "and a second stage starts from the first stage's best checkpoint")
 
 
