@@ -1,7 +1,7 @@
 """The options the ablation of issue 14 varies: each changes what it should, and the defaults change nothing.
 
---no-regions, --region-embedding, --decoder-memory, --train-visual-projection; in process, on the toy data with
-a tiny random BERT (as tests/test_vlp_mmt_model.py).
+--no-regions, --region-embedding, --decoder-memory, --region-fusion, --train-visual-projection; in process, on the
+toy data with a tiny random BERT (as tests/test_vlp_mmt_model.py).
 """
 from pathlib import Path
 
@@ -203,16 +203,79 @@ def test_train_visual_projection_keeps_ffn_v_training(toy_data, toy_corpus, tiny
 
 
 @pytest.mark.slow
-def test_empty_validation_hypotheses_log_bleu_zero(toy_data, toy_corpus, tiny_bert_dir):
-    """--best-checkpoint-metric bleu needs a value even when an untrained model's hypotheses are all empty."""
+def test_validation_bleu_counts_batches_with_empty_hypotheses(toy_data, toy_corpus, tiny_bert_dir):
+    """--best-checkpoint-metric bleu needs a value even when an untrained model's hypotheses are all empty, and a
+    validation batch without hypotheses must neither crash the next one nor hide its BLEU (the trainer reduces
+    every batch on its own). The fix wraps fairseq's TranslationTask, so its translation task has it too."""
+    import sacrebleu
     from fairseq.logging import metrics
+    from fairseq.tasks.translation import TranslationTask
 
     task, _, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--modality-loss", "off", "--eval-bleu")
-    empty = {"loss": 1.0, "nll_loss": 1.0, "ntokens": 10, "nsentences": 2, "sample_size": 10, "_bleu_sys_len": 0,
-             "_bleu_ref_len": 12, **{f"_bleu_{k}_{i}": 0 for k in ("counts", "totals") for i in range(4)}}
-    with metrics.aggregate() as agg:
-        task.reduce_metrics([empty], criterion)
-    assert agg.get_smoothed_values()["bleu"] == 0
-    with metrics.aggregate() as agg:
-        task.reduce_metrics([{k: v for k, v in empty.items() if not k.startswith("_bleu")}], criterion)  # training
+    assert type(task).reduce_metrics is TranslationTask.reduce_metrics  # the patched method, not an override
+
+    def batch(hypothesis: str, reference: str) -> dict:
+        stats = sacrebleu.corpus_bleu([hypothesis], [[reference]])
+        return {"loss": 1.0, "nll_loss": 1.0, "ntokens": 10, "nsentences": 1, "sample_size": 10,
+                "_bleu_sys_len": stats.sys_len, "_bleu_ref_len": stats.ref_len,
+                **{f"_bleu_counts_{i}": stats.counts[i] for i in range(4)},
+                **{f"_bleu_totals_{i}": stats.totals[i] for i in range(4)}}
+
+    def validate(*batches) -> dict:
+        with metrics.aggregate(new_root=True) as agg:
+            for logs in batches:
+                task.reduce_metrics([logs], criterion)
+        return agg.get_smoothed_values()
+
+    hypothesis, reference = "ein Mann fährt mit dem Fahrrad die Straße entlang", \
+        "ein Mann fährt mit seinem Fahrrad eine Straße entlang"
+    empty_reference = "zwei Hunde spielen im Schnee"
+    expected = sacrebleu.corpus_bleu([hypothesis, ""], [[reference, empty_reference]]).score
+    assert validate(batch("", empty_reference))["bleu"] == 0  # nothing translated yet: 0, not a KeyError
+    for order in ((batch("", empty_reference), batch(hypothesis, reference)),
+                  (batch(hypothesis, reference), batch("", empty_reference))):
+        assert validate(*order)["bleu"] == pytest.approx(expected, abs=0.01)  # the empty batch's length counts
+    with metrics.aggregate(new_root=True) as agg:  # training: no BLEU
+        task.reduce_metrics([{k: v for k, v in batch("", "x").items() if not k.startswith("_bleu")}], criterion)
     assert "bleu" not in agg.get_smoothed_values()
+
+
+@pytest.mark.slow
+def test_region_fusion_decoder_keeps_the_regions_out_of_bert(toy_data, toy_corpus, tiny_bert_dir, vlp_export):
+    flags = ("--freeze-bert", "--load-vlp", vlp_export, "--modality-loss", "off")
+    task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, *flags, "--region-fusion", "decoder")
+    _, joint, _ = build(toy_data, toy_corpus, tiny_bert_dir, *flags)
+    encoder = model.encoder
+    assert all(p.requires_grad for p in encoder.visual.parameters())  # FFN(v) trains after the frozen BERT
+    assert torch.equal(encoder.visual.ffn[0].weight, joint.encoder.visual.ffn[0].weight)  # loaded from VLP
+    sample = batches(task, count=1)[0]
+    net_input = sample["net_input"]
+    regions = (net_input["region_features"], net_input["region_boxes"], net_input["region_mask"])
+    encoder.eval(), joint.encoder.eval()
+    with torch.no_grad():
+        hidden, keep, kinds = encoder.forward_bert(net_input["src_tokens"], net_input["tag_tokens"], *regions)
+        text_alone, text_keep, _ = encoder.forward_bert(net_input["src_tokens"], net_input["tag_tokens"])
+        joint_hidden, _, joint_kinds = joint.encoder.forward_bert(net_input["src_tokens"], net_input["tag_tokens"],
+                                                                  *regions)
+        visual = encoder.visual(net_input["region_features"], net_input["region_boxes"])  # B x R x H
+    length = text_alone.size(1)
+    assert torch.equal(kinds, joint_kinds) and kinds[:, length:].eq(PositionKind.REGION).any()
+    text = text_keep.unsqueeze(-1)
+    assert torch.equal(hidden[:, :length] * text, text_alone * text)  # the regions leave the text states alone
+    assert not torch.allclose(joint_hidden[:, :length] * text, text_alone * text, atol=1e-4)  # Eq. 1: they do not
+    shown = net_input["region_mask"]
+    assert torch.allclose(hidden[:, length:][shown], visual[shown], atol=1e-6)  # FFN(v) itself, after BERT
+    # stage 1 with the frozen-encoder cache: BERT's text states are cached, FFN(v) still trains
+    encoder.cache = FrozenEncoderCache(mem_mb=16)
+    model.train()
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model.zero_grad()
+        loss, _, _ = criterion(model, sample)
+        loss.backward()
+        losses.append(loss.item())
+    assert encoder.cache.misses == sample["nsentences"] and encoder.cache.hits == sample["nsentences"]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert encoder.visual.ffn[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in encoder.bert.parameters())

@@ -310,6 +310,59 @@ def allow_bf16_without_tpu() -> None:
     distributed_utils.call_main = call_main
 
 
+# ----------------------------------------------------------------------------- validation BLEU
+
+
+def _validation_bleu(meters) -> float:
+    """Corpus BLEU of the validation so far, from the statistics ``--eval-bleu`` logs; 0 without hypotheses."""
+    from sacrebleu.metrics import BLEU
+
+    if "_bleu_totals" not in meters or max(meters["_bleu_totals"].sum) == 0:
+        return 0.0
+    bleu = BLEU.compute_bleu(correct=meters["_bleu_counts"].sum, total=meters["_bleu_totals"].sum,
+                             sys_len=int(meters["_bleu_sys_len"].sum), ref_len=int(meters["_bleu_ref_len"].sum),
+                             smooth_method="exp")
+    return round(bleu.score, 2)
+
+
+def score_empty_validation_batches() -> None:
+    """``--eval-bleu`` with validation batches whose hypotheses are all empty (an untrained model).
+
+    fairseq's translation task logs nothing for such a batch (not even its reference length), and no
+    ``bleu`` at all when every batch is empty, so ``--best-checkpoint-metric bleu`` fails (KeyError).
+    Worse, the trainer reduces each batch on its own: a project task that logged a BLEU of 0 for an empty
+    batch either crashed on fairseq's derived meter or, coming first, kept the validation's BLEU at 0. The
+    wrapped ``reduce_metrics`` logs an empty batch's statistics as zeros with its reference length, and
+    registers the corpus BLEU before fairseq does, as one derived meter that is 0 only without hypotheses.
+    Every task built on ``TranslationTask`` (fairseq's own, ``vlp_mmt``, ``bert_fused_translation``) gets it.
+    """
+    import numpy as np
+    from fairseq.logging import metrics
+    from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationTask
+
+    original = TranslationTask.reduce_metrics
+    if getattr(original, "_vlp_mmt_bleu", False):
+        return
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        validated = [log for log in logging_outputs if "_bleu_totals_0" in log]
+        if getattr(self.cfg, "eval_bleu", False) and validated:
+            metrics.log_derived("bleu", _validation_bleu)  # first: fairseq's own is then not registered
+
+            def total(key):
+                return float(sum(log.get(key, 0) for log in validated))
+
+            if max(total(f"_bleu_totals_{i}") for i in range(EVAL_BLEU_ORDER)) == 0:  # fairseq skips these
+                metrics.log_scalar("_bleu_counts", np.zeros(EVAL_BLEU_ORDER))
+                metrics.log_scalar("_bleu_totals", np.zeros(EVAL_BLEU_ORDER))
+                metrics.log_scalar("_bleu_sys_len", total("_bleu_sys_len"))
+                metrics.log_scalar("_bleu_ref_len", total("_bleu_ref_len"))
+        original(self, logging_outputs, criterion)
+
+    reduce_metrics._vlp_mmt_bleu = True
+    TranslationTask.reduce_metrics = reduce_metrics
+
+
 # ----------------------------------------------------------------------------- quieter logs
 
 
@@ -364,3 +417,4 @@ def apply() -> None:
         show_plugin_options_in_help()
         make_checkpoints_crash_safe()
         allow_bf16_without_tpu()
+        score_empty_validation_batches()

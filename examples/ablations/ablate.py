@@ -117,12 +117,21 @@ class Variant:
     model_flags: Tuple[str, ...] = ()
 
     @property
+    def regions_after_bert(self) -> bool:
+        """``--region-fusion decoder``: BERT reads the text alone, so its output is cacheable while FFN(v) trains."""
+        return "--region-fusion" in self.model_flags
+
+    @property
     def cacheable(self) -> bool:
         """Whether nothing before BERT trains, so --cache-frozen-encoder applies."""
-        if not self.images or "--no-regions" in self.task_flags:
+        if not self.images or "--no-regions" in self.task_flags or self.regions_after_bert:
             return True
         return self.vlp is not None and "--train-visual-projection" not in self.model_flags and \
             "type" not in self.model_flags
+
+
+#: the regions bypass BERT's layers and meet the text in the decoder's cross-attention
+LATE = ("--region-fusion", "decoder")
 
 
 def variants(budget: Budget) -> Dict[str, Variant]:
@@ -142,6 +151,12 @@ def variants(budget: Budget) -> Dict[str, Variant]:
         Variant("emb_position", "regions + position embedding", model_flags=("--region-embedding", "position")),
         Variant("emb_type", "regions + learned type embedding", model_flags=("--region-embedding", "type")),
         Variant("decoder_text", "decoder sees no region position", model_flags=("--decoder-memory", "text")),
+        Variant("late", "regions after BERT (--region-fusion decoder), FFN(v) from VLP, trained",
+                model_flags=LATE),
+        Variant("late_novlp", "regions after BERT, no VLP (plain BERT, fresh FFN(v), trained)", vlp=None,
+                model_flags=LATE),
+        Variant("late_novlp_regions", "regions after BERT, no VLP, no tags: BERT's states are text_plain's",
+                vlp=None, task_flags=("--no-tags",), model_flags=LATE),
     )
     return {v.name: v for v in rows}
 

@@ -619,6 +619,18 @@ def find_image_index(directory: str, split: str) -> str:
     raise FeatureStoreError(f"{directory}: no image index {split}.img.npy or {split}.img.txt")
 
 
+def read_split_image_keys(directory: str, split: str, count: int, counted: str) -> np.ndarray:
+    """The image key of each of a split's ``count`` lines, from its image index in ``directory``.
+
+    ``counted`` says what was counted in the error when the numbers differ ("split 'valid' has 1014 sentences").
+    """
+    index_path = find_image_index(directory, split)
+    keys = read_image_index(index_path)
+    if len(keys) != count:
+        raise FeatureStoreError(f"{index_path}: the image index has {len(keys)} lines but {counted}")
+    return keys
+
+
 def write_image_index_npy(txt_path: str, npy_path: str) -> None:
     """Convert a text image index to the memory-mappable ``.npy`` form, atomically."""
     keys = read_image_index(txt_path)

@@ -18,6 +18,11 @@ layer norm (``LayerNorm(FFN(v_j) + e_j)``, as BERT normalises word + position + 
 ``decoder_memory`` (``--decoder-memory``): ``all`` gives the decoder every position; ``text`` marks the
 regions as padding in ``encoder_padding_mask``, so the decoder's cross-attention never attends to them and
 the regions reach it only through BERT's self-attention over the text states.
+
+``region_fusion`` (``--region-fusion``): ``bert`` runs BERT's layers over text and regions together (Eq. 1);
+``decoder`` runs them over the text alone and appends FFN(v) after BERT,
+``Cat[BERT(Emb(Cat[x, t])), FFN(v)]``, so the regions never change the text states and reach the
+translation only through the decoder's cross-attention over the text and visual keys/values together.
 """
 from typing import Dict, List, Optional
 
@@ -30,6 +35,7 @@ from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
 
 REGION_EMBEDDINGS = ("none", "segment", "position", "type")
 DECODER_MEMORIES = ("all", "text")
+REGION_FUSIONS = ("bert", "decoder")
 #: the segment (token type) that ``--region-embedding segment`` gives the regions: the tags' segment
 REGION_SEGMENT = 1
 
@@ -43,17 +49,20 @@ class MultimodalBertEncoder(FairseqEncoder):
 
     def __init__(self, dictionary, bert, feature_dim: Optional[int], output_dim: int,
                  frozen: bool = False, frozen_dropout: bool = False, visual_frozen: bool = False,
-                 region_embedding: str = "none", decoder_memory: str = "all"):
+                 region_embedding: str = "none", decoder_memory: str = "all", region_fusion: str = "bert"):
         super().__init__(dictionary)
         if region_embedding not in REGION_EMBEDDINGS:
             raise ValueError(f"region embedding '{region_embedding}': expected one of {', '.join(REGION_EMBEDDINGS)}")
         if decoder_memory not in DECODER_MEMORIES:
             raise ValueError(f"decoder memory '{decoder_memory}': expected one of {', '.join(DECODER_MEMORIES)}")
+        if region_fusion not in REGION_FUSIONS:
+            raise ValueError(f"region fusion '{region_fusion}': expected one of {', '.join(REGION_FUSIONS)}")
         if region_embedding == "segment" and bert.config.type_vocab_size <= REGION_SEGMENT:
             raise ValueError(f"--region-embedding segment needs a BERT with {REGION_SEGMENT + 1} segments; this "
                              f"one has {bert.config.type_vocab_size}")
         self.region_embedding = region_embedding
         self.decoder_memory = decoder_memory
+        self.region_fusion = region_fusion
         self.bert = bert
         hidden = bert.config.hidden_size
         self.max_text_positions = bert.config.max_position_embeddings
@@ -104,13 +113,17 @@ class MultimodalBertEncoder(FairseqEncoder):
             )
         x = self.bert.embeddings(input_ids=tokens, token_type_ids=segments)  # B x L x H
         keep = tokens.ne(d.pad())  # B x L
-        if self.visual is not None and region_features is not None and region_features.size(1) > 0:
-            v = self.visual(region_features, region_boxes, self.region_input_embedding(keep, region_features.size(1)))
-            x = torch.cat([x, v.to(x.dtype)], dim=1)  # B x (L + R) x H
-            keep = torch.cat([keep, region_mask], dim=1)
-            region_kinds = torch.full_like(region_mask, int(PositionKind.REGION), dtype=kinds.dtype)
-            kinds = torch.cat([kinds, region_kinds.masked_fill(~region_mask, int(PositionKind.PAD))], dim=1)
-        return x, keep, kinds
+        return self.append_regions(x, keep, kinds, region_features, region_boxes, region_mask)
+
+    def append_regions(self, x, keep, kinds, region_features=None, region_boxes=None, region_mask=None):
+        """``Cat[x, FFN(v)]`` (B x (L + R) x H) with its mask and kinds; ``x`` is B x L x H, text only."""
+        if self.visual is None or region_features is None or region_features.size(1) == 0:
+            return x, keep, kinds
+        v = self.visual(region_features, region_boxes, self.region_input_embedding(keep, region_features.size(1)))
+        x = torch.cat([x, v.to(x.dtype)], dim=1)  # B x (L + R) x H
+        region_kinds = torch.full_like(region_mask, int(PositionKind.REGION), dtype=kinds.dtype)
+        kinds = torch.cat([kinds, region_kinds.masked_fill(~region_mask, int(PositionKind.PAD))], dim=1)
+        return x, torch.cat([keep, region_mask], dim=1), kinds
 
     def region_input_embedding(self, text_keep: torch.Tensor, num_regions: int) -> Optional[torch.Tensor]:
         """e_j of ``--region-embedding`` (B x R x H or 1 x 1 x H), or None; ``text_keep``: B x L."""
@@ -127,7 +140,9 @@ class MultimodalBertEncoder(FairseqEncoder):
         return None
 
     def input_trains(self, has_regions: bool) -> bool:
-        """Whether anything before BERT's layers trains: a trainable FFN(v) or a learned region-type embedding."""
+        """Whether anything before BERT's layers trains: a trainable FFN(v) or a learned region-type embedding
+        (never with ``--region-fusion decoder``: the regions do not enter BERT)."""
+        has_regions = has_regions and self.region_fusion == "bert"
         return has_regions and (not self.visual_frozen or self.region_type_embedding is not None)
 
     def run_bert(self, embeddings: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -140,6 +155,14 @@ class MultimodalBertEncoder(FairseqEncoder):
 
     def forward_bert(self, src_tokens, tag_tokens=None, region_features=None, region_boxes=None, region_mask=None):
         """BERT's output before the projection: (hidden B x T x H, keep B x T, kinds B x T)."""
+        if self.region_fusion == "decoder":  # BERT over the text alone, FFN(v) after it
+            hidden, keep, kinds = self.forward_joint_bert(src_tokens, tag_tokens)
+            return self.append_regions(hidden, keep, kinds, region_features, region_boxes, region_mask)
+        return self.forward_joint_bert(src_tokens, tag_tokens, region_features, region_boxes, region_mask)
+
+    def forward_joint_bert(self, src_tokens, tag_tokens=None, region_features=None, region_boxes=None,
+                           region_mask=None):
+        """BERT's layers over ``Cat[Emb(Cat[x, t]), FFN(v)]`` (the text alone without regions)."""
         if self.cache is not None and self.training:
             return self.cache.forward_bert(self, src_tokens, tag_tokens, region_features, region_boxes, region_mask)
         x, keep, kinds = self.embed(src_tokens, tag_tokens, region_features, region_boxes, region_mask)

@@ -13,7 +13,12 @@ from fairseq.models.transformer import TransformerDecoder, TransformerModel, bas
 from vlp_mmt_fairseq.bert_export import export_encoder, read_encoder_state
 from vlp_mmt_fairseq.bert_loading import load_bert_model
 from vlp_mmt_fairseq.dataclass.configs import BertEncoderConfig, add_dataclass_args
-from vlp_mmt_fairseq.models.multimodal_bert_encoder import DECODER_MEMORIES, REGION_EMBEDDINGS, MultimodalBertEncoder
+from vlp_mmt_fairseq.models.multimodal_bert_encoder import (
+    DECODER_MEMORIES,
+    REGION_EMBEDDINGS,
+    REGION_FUSIONS,
+    MultimodalBertEncoder,
+)
 from vlp_mmt_fairseq.modules import feature_record
 from vlp_mmt_fairseq.modules.beamable_cross_attention import BeamableCrossAttentionMixin
 from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache
@@ -105,6 +110,12 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
                             help="what the decoder's cross-attention sees: all encoder positions (default), or "
                                  "text: the regions are hidden from it and shape the text states only through "
                                  "BERT's self-attention (the modality loss then cannot run)")
+        parser.add_argument("--region-fusion", choices=REGION_FUSIONS, default="bert",
+                            help="where the regions meet the text: bert: BERT's layers run over text and FFN(v) "
+                                 "together (Eq. 1, default); decoder: BERT runs over the text alone and FFN(v) is "
+                                 "appended after it, so the decoder attends to text and regions together while "
+                                 "the regions leave the text states untouched; FFN(v) then trains in stage 1, and "
+                                 "--cache-frozen-encoder still applies")
         parser.add_argument("--load-vlp", metavar="PATH", default=None,
                             help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint (or a directory "
                                  "written by vlp-mmt-export-bert); the pre-training heads are dropped")
@@ -133,7 +144,8 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         feature_dim = record.feature_dim or None
         encoder = MultimodalBertEncoder(task.source_dictionary, bert, feature_dim, args.decoder_embed_dim,
                                         region_embedding=getattr(args, "region_embedding", "none"),
-                                        decoder_memory=getattr(args, "decoder_memory", "all"))
+                                        decoder_memory=getattr(args, "decoder_memory", "all"),
+                                        region_fusion=getattr(args, "region_fusion", "bert"))
         loaded_visual = False
         if getattr(args, "load_vlp", None):
             loaded_visual = load_vlp_encoder(encoder, args.load_vlp)
@@ -148,7 +160,9 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         elif getattr(args, "export_vlp_bert", None):
             raise ValueError("--export-vlp-bert needs --load-vlp")
         encoder.frozen_dropout = getattr(args, "frozen_bert_dropout", False)
-        visual_frozen = loaded_visual and not getattr(args, "train_visual_projection", False)
+        # with --region-fusion decoder FFN(v) sits after the frozen BERT and costs little to train
+        visual_trains = getattr(args, "train_visual_projection", False) or encoder.region_fusion == "decoder"
+        visual_frozen = loaded_visual and not visual_trains
         encoder.set_frozen(getattr(args, "freeze_bert", False), visual_frozen=visual_frozen)
         if getattr(args, "cache_frozen_encoder", False):
             encoder.cache = FrozenEncoderCache(args.cache_frozen_encoder_mem_mb, args.cache_frozen_encoder_dir)

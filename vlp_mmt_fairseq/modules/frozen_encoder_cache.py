@@ -98,7 +98,9 @@ class FrozenEncoderCache:
         has_regions = encoder.visual is not None and region_features is not None and region_features.size(1) > 0
         self.check(encoder, has_regions)
         if self.root is not None and self._dir is None:
-            self._dir = os.path.join(self.root, weights_fingerprint(encoder.bert, encoder.visual))
+            # FFN(v) shapes BERT's output only when regions enter BERT (not with --region-fusion decoder)
+            visual = encoder.visual if has_regions else None
+            self._dir = os.path.join(self.root, weights_fingerprint(encoder.bert, visual))
             region_embedding = getattr(encoder, "region_embedding", "none")
             if has_regions and region_embedding != "none":  # the same weights give other outputs
                 self._dir += "-" + region_embedding

@@ -17,17 +17,12 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_l
 
 from vlp_mmt_fairseq.bert_loading import bert_vocab_file
 from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
-from vlp_mmt_fairseq.data.feature_store import (
-    FeatureStore,
-    FeatureStoreError,
-    find_image_index,
-    read_image_index,
-    reads_in_the_main_thread,
-)
+from vlp_mmt_fairseq.data.feature_store import FeatureStore
 from vlp_mmt_fairseq.data.image_dataset import ImageDataset, log_lost_tags
 from vlp_mmt_fairseq.data.multimodal_pair_dataset import MultimodalPairDataset
 from vlp_mmt_fairseq.data.tag_encoder import TagEncoder
 from vlp_mmt_fairseq.dataclass.configs import BertConfig, ImageConfig
+from vlp_mmt_fairseq.tasks.image_task import ImageTaskMixin
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +49,7 @@ class VlpMmtConfig(TranslationConfig, BertConfig, ImageConfig):
 
 
 @register_task("vlp_mmt", dataclass=VlpMmtConfig)
-class VlpMmtTask(TranslationTask):
+class VlpMmtTask(ImageTaskMixin, TranslationTask):
     """Multimodal translation with a BERT vision-language encoder.
 
     The source dictionary is BERT's own vocabulary (:class:`BertDictionary`, index == BERT id);
@@ -102,9 +97,6 @@ class VlpMmtTask(TranslationTask):
 
     # ------------------------------------------------------------------ data
 
-    def image_index_path(self, split: str) -> str:
-        return find_image_index(self.cfg.image_index_dir or utils.split_paths(self.cfg.data)[0], split)
-
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         paths = utils.split_paths(self.cfg.data)
         data_path = paths[(epoch - 1) % len(paths)]
@@ -144,13 +136,8 @@ class VlpMmtTask(TranslationTask):
             return None
         if self.store is None:
             raise ValueError("--image-features is required unless --no-images is given")
-        index_path = self.image_index_path(split)
-        keys = read_image_index(index_path)
-        if len(keys) != num_sentences:
-            raise FeatureStoreError(
-                f"{index_path}: the image index has {len(keys)} lines but split '{split}' has "
-                f"{num_sentences} sentences"
-            )
+        keys = self.split_image_keys(utils.split_paths(self.cfg.data)[0], split, num_sentences,
+                                     f"split '{split}' has {num_sentences} sentences")
         if self.cfg.shuffle_images_seed is not None:
             keys = keys[np.random.RandomState(self.cfg.shuffle_images_seed).permutation(len(keys))]
         return self.image_dataset(keys, self.store)
@@ -160,10 +147,6 @@ class VlpMmtTask(TranslationTask):
         tag_encoder = None if self.cfg.no_tags else self.tag_encoder
         return ImageDataset(keys, store, tag_encoder, sep=self.src_dict.eos(), pad=self.src_dict.pad(),
                             regions=self.use_regions)
-
-    def get_batch_iterator(self, dataset, **kwargs):
-        """fairseq's batches, with the images read in the main thread under ``--num-workers 0``."""
-        return super().get_batch_iterator(dataset, **reads_in_the_main_thread(kwargs))
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
@@ -181,16 +164,6 @@ class VlpMmtTask(TranslationTask):
                 raise ValueError("the modality loss attends over the regions, which --decoder-memory text hides "
                                  "from the decoder: pass --modality-loss off (or --decoder-memory all)")
         return criterion
-
-    def reduce_metrics(self, logging_outputs, criterion):
-        """fairseq's metrics; with ``--eval-bleu``, a validation whose hypotheses are all empty (an untrained model)
-        logs BLEU 0 where fairseq logs none, so ``--best-checkpoint-metric bleu`` has a value at every epoch."""
-        super().reduce_metrics(logging_outputs, criterion)
-        validated = [log for log in logging_outputs if "_bleu_totals_0" in log]
-        if self.cfg.eval_bleu and validated and sum(log["_bleu_totals_0"] for log in validated) == 0:
-            from fairseq.logging import metrics
-
-            metrics.log_scalar("bleu", 0.0, round=2)
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None, image_keys=None, store=None):
         """Sentences (BERT ids) to translate and, unless ``--no-images``, the key of each one's image in ``store``

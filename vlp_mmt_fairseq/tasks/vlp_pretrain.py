@@ -23,17 +23,12 @@ from omegaconf import II
 
 from vlp_mmt_fairseq.bert_loading import bert_vocab_file, load_bert_config
 from vlp_mmt_fairseq.data.bert_dictionary import BertDictionary
-from vlp_mmt_fairseq.data.feature_store import (
-    FeatureStore,
-    FeatureStoreError,
-    find_image_index,
-    read_image_index,
-    reads_in_the_main_thread,
-)
+from vlp_mmt_fairseq.data.feature_store import FeatureStore, FeatureStoreError
 from vlp_mmt_fairseq.data.image_dataset import ImageDataset
 from vlp_mmt_fairseq.data.tag_encoder import TagEncoder
 from vlp_mmt_fairseq.data.vlp_pretrain_dataset import VlpPretrainDataset, concat_vlp_datasets
 from vlp_mmt_fairseq.dataclass.configs import BertConfig, ImageConfig
+from vlp_mmt_fairseq.tasks.image_task import ImageTaskMixin
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +95,7 @@ def caption_prefix(directory: str, split: str, lang: Optional[str]) -> Optional[
 
 
 @register_task("vlp_pretrain", dataclass=VlpPretrainConfig)
-class VlpPretrainTask(FairseqTask):
+class VlpPretrainTask(ImageTaskMixin, FairseqTask):
     """Masked LM over ``[CLS] x [SEP] t [SEP]`` and paired-image prediction, on image-caption pairs.
 
     Batches carry the ``net_input`` of ``vlp_mmt`` (``src_tokens``, ``tag_tokens``, regions) with
@@ -179,12 +174,7 @@ class VlpPretrainTask(FairseqTask):
         if int(first[0]) != self.dictionary.bos() or int(first[-1]) != self.dictionary.eos():
             raise ValueError(f"{prefix}: caption 1 is not [CLS] x [SEP] in BERT ids (was it written for "
                              "this BERT vocabulary?)")
-        index_path = self.image_index_path(directory, split)
-        keys = read_image_index(index_path)
-        if len(keys) != len(captions):
-            raise FeatureStoreError(
-                f"{index_path}: the image index has {len(keys)} lines but {prefix} has {len(captions)} captions"
-            )
+        keys = self.split_image_keys(directory, split, len(captions), f"{prefix} has {len(captions)} captions")
         tag_encoder = None if self.cfg.no_tags else self.tag_encoder
         images = ImageDataset(keys, store, tag_encoder, sep=self.dictionary.eos(), pad=self.dictionary.pad())
         max_text_positions = min(self.cfg.max_source_positions,
@@ -199,14 +189,7 @@ class VlpPretrainTask(FairseqTask):
             max_text_positions=max_text_positions,
         )
 
-    def image_index_path(self, directory: str, split: str) -> str:
-        return find_image_index(self.cfg.image_index_dir or directory, split)
-
     # ------------------------------------------------------------------ fairseq interface
-
-    def get_batch_iterator(self, dataset, **kwargs):
-        """fairseq's batches, with the images read in the main thread under ``--num-workers 0``."""
-        return super().get_batch_iterator(dataset, **reads_in_the_main_thread(kwargs))
 
     def max_positions(self):
         return self.cfg.max_source_positions
