@@ -405,3 +405,23 @@ def test_a_caption_proxy_store_makes_the_multimodal_rows_n_a_without_images(tmp_
     (tmp_path / "work" / "logs" / "train.vlp.log").write_text(valid_line(1) + "| valid | " + json.dumps(record) + "\n")
     note = compare.vlp_note(runner)
     assert "after 300 updates: MLM accuracy 41.50%, pair accuracy 77.25%" in note and "step 2" in note
+
+
+def test_the_notes_report_lambda_of_the_learnable_lambda_rows(tmp_path):
+    import compare
+
+    runner = StepRunner(str(tmp_path / "work"), {}, echo=lambda *_: None)
+    assert compare.lambda_note(runner) is None  # nothing trained yet
+    logs = tmp_path / "work" / "logs"
+    logs.mkdir(parents=True)
+    summary = {"epoch": 25, "train_loss": "4.1", "train_lambda": "0.4123", "train_lambda_std": "0.0812",
+               "train_lambda_frequent": "0.3901", "train_lambda_other": "0.4310"}
+    inner = dict(summary, epoch=25, train_lambda="0.9")  # a per-interval line: not the epoch's summary
+    (logs / "train.full_stage1.log").write_text(
+        "2026-12-01 10:00:00 | INFO | train_inner | " + json.dumps(inner) + "\n"
+        + "2026-12-01 10:00:01 | INFO | train | " + json.dumps(dict(summary, epoch=24, train_lambda="0.2")) + "\n"
+        + "2026-12-01 10:00:02 | INFO | train | " + json.dumps(summary) + "\n")
+    (logs / "train.stage1.log").write_text("2026-12-01 10:00:02 | INFO | train | " + json.dumps(summary) + "\n")
+    note = compare.lambda_note(runner)
+    assert "full_stage1 (epoch 25): mean 0.412, sd 0.081, frequent tokens 0.390, other tokens 0.431" in note
+    assert "stage1 (" not in note.replace("full_stage1 (", "")  # rows without a learnable lambda are not read

@@ -24,6 +24,7 @@ import os
 import shlex
 import sys
 import time
+from typing import Optional
 
 import recipe  # this folder's modules: Python puts a script's own folder first on its path
 from budgets import BUDGETS
@@ -285,6 +286,31 @@ def vlp_note(runner: StepRunner) -> str:
             "(chance: 50%).")
 
 
+#: the systems whose modality loss has the learnable lambda of Eq. 5, and what their logs report of it
+LEARNABLE_LAMBDA = ("full", "lm_all")
+LAMBDA_FIGURES = (("lambda", "mean"), ("lambda_std", "sd"), ("lambda_frequent", "frequent tokens"),
+                  ("lambda_other", "other tokens"))
+
+
+def lambda_note(runner: StepRunner) -> Optional[str]:
+    """Lambda of the learnable-lambda rows in the last epoch of each of their runs, from the training logs."""
+    from curves import last_train_record
+
+    parts = []
+    for name in LEARNABLE_LAMBDA:
+        for run in recipe.SYSTEMS[name].runs:
+            record = last_train_record(os.path.join(runner.work_dir, recipe.train_log(run)))
+            if "train_lambda" not in record:
+                continue
+            figures = ", ".join(f"{what} {float(record['train_' + key]):.3f}" for key, what in LAMBDA_FIGURES
+                                if "train_" + key in record)
+            parts.append(f"{run} (epoch {record.get('epoch', '?')}): {figures}")
+    if not parts:
+        return None
+    return ("Learnable lambda (Eq. 5, the project's default gate), over the target tokens of the last training "
+            "epoch of each run: " + "; ".join(parts) + ".")
+
+
 def table_notes(setup: recipe.Setup, runner: StepRunner) -> list:
     """The notes under both tables: the setup, the metrics, the checkpoints, the images and what the probes mean."""
     b = setup.budget
@@ -298,6 +324,9 @@ def table_notes(setup: recipe.Setup, runner: StepRunner) -> list:
         *image_notes(setup),
         vlp_note(runner),
     ]
+    lambdas = lambda_note(runner)
+    if lambdas:
+        notes.append(lambdas)
     if b.test_sentences:
         notes.append(f"Test sets cut to their first {b.test_sentences} sentences: not comparable to published numbers.")
     return notes

@@ -11,20 +11,32 @@ import os
 from typing import Dict, Iterator, List, Tuple
 
 VALID_MARKER = "| valid | "
+TRAIN_MARKER = "| train | "  # the end-of-epoch summary (per-interval lines are "| train_inner | ")
 
 
-def valid_records(log_path: str) -> Iterator[dict]:
-    """Every validation record of a ``--log-format json`` training log, in order; none if the log is absent."""
+def log_records(log_path: str, marker: str) -> Iterator[dict]:
+    """Every record after ``marker`` in a ``--log-format json`` training log, in order; none if the log is absent."""
     if not os.path.exists(log_path):
         return
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line_number, line in enumerate(f, 1):
-            if VALID_MARKER not in line:
+            if marker not in line:
                 continue
             try:
-                yield json.loads(line.split(VALID_MARKER, 1)[1])
+                yield json.loads(line.split(marker, 1)[1])
             except ValueError as e:
-                raise ValueError(f"{log_path}:{line_number}: unreadable validation record ({e})") from e
+                raise ValueError(f"{log_path}:{line_number}: unreadable record ({e})") from e
+
+
+def valid_records(log_path: str) -> Iterator[dict]:
+    """Every validation record of a training log, in order."""
+    return log_records(log_path, VALID_MARKER)
+
+
+def last_train_record(log_path: str) -> dict:
+    """The last epoch's training summary of a training log (e.g. ``train_lambda``); empty if none."""
+    records = list(log_records(log_path, TRAIN_MARKER))
+    return records[-1] if records else {}
 
 
 def last_valid_record(log_path: str) -> dict:
