@@ -35,6 +35,17 @@ def prepared_multi30k_en_de(multi30k_dir, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- shared by model tests
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run in process fastest on one torch thread, and other processes share the CPU; restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A tiny random BERT (2 layers, width 32) with the bundled MiniLM's vocabulary and tokenizer."""
@@ -88,3 +99,18 @@ def tiny_bert_no_dropout_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def vlp_export(tiny_bert_dir, tmp_path_factory) -> str:
+    """A --load-vlp directory: the tiny BERT and an FFN(v) for the toy store's 32-dim features."""
+    import torch
+    from transformers import BertModel
+
+    from vlp_mmt_fairseq.bert_export import export_encoder
+    from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
+
+    bert = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False)
+    torch.manual_seed(0)
+    return export_encoder(bert, VisualProjection(32, bert.config.hidden_size),
+                          str(tmp_path_factory.mktemp("vlp") / "export"), str(tiny_bert_dir))

@@ -15,28 +15,7 @@ from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache, Fro
 from vlp_mmt_fairseq.modules.text_packing import PositionKind
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def vlp_export(tiny_bert_dir, tmp_path_factory):
-    """A --load-vlp directory: the tiny BERT and an FFN(v) for the toy store's 32-dim features."""
-    from transformers import BertModel
-
-    from vlp_mmt_fairseq.bert_export import export_encoder
-    from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
-
-    bert = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False)
-    torch.manual_seed(0)
-    return export_encoder(bert, VisualProjection(32, bert.config.hidden_size),
-                          str(tmp_path_factory.mktemp("vlp") / "export"), str(tiny_bert_dir))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(toy_data, toy_corpus, tiny_bert_dir, *extra, criterion=True):

@@ -21,14 +21,7 @@ COMMON = ["-s", "en", "-t", "de", "--optimizer", "adam", "--lr", "1e-3", "--max-
           "--max-update", "4", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
           "--num-workers", "0", "--cpu", "--seed", "1", "--no-epoch-checkpoints"]
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process tests run single-threaded too (see CLI_ENV), the setting restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process tests too
 
 
 def bert_fused_args(toy_data, tiny_bert_dir, *extra):

@@ -7,18 +7,11 @@ import pytest
 import torch
 from fairseq.trainer import Trainer
 
-from utils import USER_DIR, build_trainer
+from utils import USER_DIR
+from vlp_mmt_fairseq.trainer_setup import build_trainer
 
 EPOCHS = 3
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LossRecordingTrainer(Trainer):
@@ -33,20 +26,6 @@ class LossRecordingTrainer(Trainer):
             loss = sum(float(log["loss"]) for log in logging_outputs)
             self.losses.append(loss / sum(float(log["sample_size"]) for log in logging_outputs))
         return super()._reduce_and_log_stats(logging_outputs, sample_size, grad_norm)
-
-
-@pytest.fixture(scope="module")
-def vlp_export(tiny_bert_dir, tmp_path_factory):
-    """A --load-vlp directory: the tiny BERT and an FFN(v) for the toy store's 32-dim features."""
-    from transformers import BertModel
-
-    from vlp_mmt_fairseq.bert_export import export_encoder
-    from vlp_mmt_fairseq.modules.visual_projection import VisualProjection
-
-    bert = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False)
-    torch.manual_seed(0)
-    return export_encoder(bert, VisualProjection(32, bert.config.hidden_size),
-                          str(tmp_path_factory.mktemp("vlp") / "export"), str(tiny_bert_dir))
 
 
 def stage1_args(toy_data, toy_corpus, tiny_bert_dir, *extra):
