@@ -167,27 +167,6 @@ def vlp_mmt_args(data: Path, store: Optional[Path], bert_model: str, *extra) -> 
     return args + [str(a) for a in extra]
 
 
-def build_trainer(argv: Sequence[str]):
-    """fairseq-train's set-up in this process: (cfg, task, trainer)."""
-    import fairseq  # noqa: F401
-    from fairseq import options, tasks, utils
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.trainer import Trainer
-
-    from vlp_mmt_fairseq import compat, criterions, models  # noqa: F401  (registration)
-    from vlp_mmt_fairseq import tasks as plugin_tasks  # noqa: F401
-
-    compat.register_safe_checkpoint_globals()
-    args = options.parse_args_and_arch(options.get_training_parser(), list(argv))
-    cfg = convert_namespace_to_omegaconf(args)
-    np.random.seed(cfg.common.seed)
-    utils.set_torch_seed(cfg.common.seed)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    criterion = task.build_criterion(cfg.criterion)
-    return cfg, task, Trainer(cfg, task, model, criterion)
-
-
 # ----------------------------------------------------------------------------- figures
 
 

@@ -54,8 +54,9 @@ def memory_probe(store: str, reads: int) -> None:
 
 def reading_share(data, store, bert_model: str, max_tokens: int, batches: int, warmup: int):
     """(seconds waiting for batches, seconds in training steps, seconds reading a batch in-process) per batch."""
-    cfg, task, trainer = common.build_trainer(common.vlp_mmt_args(data, store, bert_model, "--max-tokens",
-                                                                  max_tokens))
+    from vlp_mmt_fairseq.trainer_setup import build_trainer
+
+    cfg, task, trainer = build_trainer(common.vlp_mmt_args(data, store, bert_model, "--max-tokens", max_tokens))
     task.load_dataset("valid")
     workers = cfg.dataset.num_workers  # fairseq's default: 1
     common.log(f"training {warmup + batches} steps with {workers} data-loading worker(s)")

@@ -49,10 +49,12 @@ def run_epoch(trainer, epoch_itr):
 
 
 def compare(data, store, split, bert_model, export, max_tokens, extra=()):
+    from vlp_mmt_fairseq.trainer_setup import build_trainer
+
     args = common.vlp_mmt_args(data, store, bert_model, "--freeze-bert", "--load-vlp", export, "--max-tokens",
                                max_tokens, "--train-subset", split, *extra)
-    _, _, plain = common.build_trainer(args)
-    _, _, cached = common.build_trainer(args + ["--cache-frozen-encoder"])
+    _, _, plain = build_trainer(args)
+    _, _, cached = build_trainer(args + ["--cache-frozen-encoder"])
     plain_itr = plain.get_train_iterator(epoch=1, load_dataset=True)
     cached_itr = cached.get_train_iterator(epoch=1, load_dataset=True)
     seconds = {}

@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import common
 from vlp_mmt_fairseq.modules.text_packing import pack_text
+from vlp_mmt_fairseq.trainer_setup import build_trainer
 
 
 def timed(fn) -> float:
@@ -57,7 +58,7 @@ def main():
     store = common.synthetic_store(Path(args.work_dir) / "features_2048x36.h5",
                                    common.split_keys(data, ["valid", "test2016"]))
     argv = common.vlp_mmt_args(data, store, args.bert_model, "--max-tokens", args.max_tokens)
-    cfg, task, trainer = common.build_trainer(argv)
+    cfg, task, trainer = build_trainer(argv)
     model, with_modality = trainer.get_model(), trainer.get_criterion()
     cfg.criterion.modality_loss = "off"
     without_modality = task.build_criterion(cfg.criterion)

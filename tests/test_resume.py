@@ -7,7 +7,8 @@ import signal
 import pytest
 import torch
 
-from utils import USER_DIR, build_trainer, fairseq_train, finish, load_plugin, logged, start, wait_for
+from utils import USER_DIR, fairseq_train, finish, logged, start, wait_for
+from vlp_mmt_fairseq.trainer_setup import build_trainer, load_plugin
 
 KILL_AFTER_UPDATE = 6  # after the checkpoint of update 4, before the one of update 8
 

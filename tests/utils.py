@@ -81,34 +81,3 @@ def wait_for(predicate, process: subprocess.Popen, log: Path, timeout: float = 3
         assert process.poll() is None, f"the run ended before the awaited point:\n{log.read_text()[-4000:]}"
         time.sleep(poll)
     raise AssertionError(f"timed out waiting:\n{log.read_text()[-4000:]}")
-
-
-# ----------------------------------------------------------------------------- fairseq-train in this process
-
-
-def load_plugin() -> None:
-    """Register the plugin in this process, even when it was first imported before fairseq."""
-    import fairseq  # noqa: F401
-
-    from vlp_mmt_fairseq import compat, criterions, models, tasks  # noqa: F401  (registration)
-
-    compat.register_safe_checkpoint_globals()
-    compat.make_checkpoints_crash_safe()
-
-
-def build_trainer(argv, trainer_class=None):
-    """fairseq-train's setup in this process: (cfg, task, trainer) for the command-line arguments ``argv``."""
-    import numpy as np
-    from fairseq import options, tasks, utils
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.trainer import Trainer
-
-    load_plugin()
-    args = options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in argv])
-    cfg = convert_namespace_to_omegaconf(args)
-    np.random.seed(cfg.common.seed)
-    utils.set_torch_seed(cfg.common.seed)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    criterion = task.build_criterion(cfg.criterion)
-    return cfg, task, (trainer_class or Trainer)(cfg, task, model, criterion)
