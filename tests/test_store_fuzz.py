@@ -101,6 +101,22 @@ class Cases:
         return self.directory / f"case{len(self.cases):04d}{suffix}"
 
 
+def flipped(data: bytes, offset: int, rng) -> bytes:
+    """``data`` with the byte at ``offset`` changed (XOR with a random non-zero value)."""
+    changed = bytearray(data)
+    changed[offset] ^= int(rng.randint(1, 256))
+    return bytes(changed)
+
+
+def damaged(data: bytes, rng, truncations: int, flips: int):
+    """(damage, bytes) pairs: ``data`` cut at up to ``truncations`` random offsets, then ``flips`` times with one
+    byte flipped."""
+    for offset in sorted(set(rng.randint(1, len(data), size=truncations).tolist())):
+        yield "truncation", data[:offset]
+    for offset in rng.choice(len(data), size=flips, replace=False):
+        yield "flipped byte", flipped(data, offset, rng)
+
+
 # --------------------------------------------------------------------------- stores
 
 
@@ -138,9 +154,7 @@ def store_cases(cases: Cases, original: Path, rng):
     for cls, where in (("flipped byte (metadata)", np.flatnonzero(~in_data)), ("flipped byte (data)",
                                                                               np.flatnonzero(in_data))):
         for offset in rng.choice(where, size=min(len(where), 70 if "metadata" in cls else 40), replace=False):
-            flipped = bytearray(data)
-            flipped[offset] ^= int(rng.randint(1, 256))
-            byte_case(cls, bytes(flipped))
+            byte_case(cls, flipped(data, offset, rng))
 
     def f32(name):
         return lambda g: g[name][()].astype(np.float32)
@@ -247,13 +261,8 @@ def converter_cases(cases: Cases, directory: Path, rng):
         cases.add(cls, "tsv", kind="tsv", input=str(path), vocab=str(case_vocab), keys=KEYS,
                   output=str(cases.path(".out.h5")), names=str(case_vocab if vocab_text is not None else path))
 
-    raw = tsv.read_bytes()
-    for offset in sorted(set(rng.randint(1, len(raw), size=25).tolist())):
-        tsv_case("tsv: truncation", raw=raw[:offset])
-    for offset in rng.choice(len(raw), size=40, replace=False):
-        flipped = bytearray(raw)
-        flipped[offset] ^= int(rng.randint(1, 256))
-        tsv_case("tsv: flipped byte", raw=bytes(flipped))
+    for damage, raw in damaged(tsv.read_bytes(), rng, truncations=25, flips=40):
+        tsv_case(f"tsv: {damage}", raw=raw)
     first = images[0]
     lines = [tsv_line(image) for image in images]
 
@@ -305,13 +314,8 @@ def converter_cases(cases: Cases, directory: Path, rng):
         cases.add(cls, "npz", kind="npz", input=str(case_dir), vocab=str(vocab), keys=KEYS,
                   output=str(cases.path(".out.h5")), names=str(target))
 
-    raw = (npz_dir / "k0.npz").read_bytes()
-    for offset in sorted(set(rng.randint(1, len(raw), size=12).tolist())):
-        npz_case("npz: truncation", content=raw[:offset])
-    for offset in rng.choice(len(raw), size=25, replace=False):
-        flipped = bytearray(raw)
-        flipped[offset] ^= int(rng.randint(1, 256))
-        npz_case("npz: flipped byte", content=bytes(flipped))
+    for damage, content in damaged((npz_dir / "k0.npz").read_bytes(), rng, truncations=12, flips=25):
+        npz_case(f"npz: {damage}", content=content)
     npz_case("npz: missing dataset", x=None)
     npz_case("npz: missing dataset", bbox=None)
     npz_case("npz: missing dataset", image_w=None)
