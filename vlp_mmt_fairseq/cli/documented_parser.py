@@ -1,5 +1,6 @@
-"""The argument parser of a console script whose module docstring is its help."""
+"""What the console scripts share: an argument parser whose help is the module docstring, and quiet logging."""
 import argparse
+import logging
 
 
 def documented_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -7,3 +8,8 @@ def documented_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     summary, _, details = doc.partition("\n\n")
     return argparse.ArgumentParser(prog=prog, description=summary, epilog=details or None,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def quiet_logging() -> None:
+    """Only warnings and errors from the root logger: importing fairseq (with the plugin) sets it to DEBUG."""
+    logging.getLogger().setLevel(logging.WARNING)

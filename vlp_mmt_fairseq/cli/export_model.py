@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from vlp_mmt_fairseq.cli.documented_parser import documented_parser
+from vlp_mmt_fairseq.cli.documented_parser import documented_parser, quiet_logging
 
 PROG = "vlp-mmt-export-model"
 
@@ -34,12 +34,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    import logging
-
-    import vlp_mmt_fairseq  # noqa: F401  (registers the task and model; importing fairseq sets DEBUG logging)
+    quiet_logging()
     from vlp_mmt_fairseq.model_dir import export_model_dir
 
-    logging.getLogger().setLevel(logging.WARNING)
     manifest = export_model_dir(args.checkpoint, args.data, args.out, spm_model=args.spm, bert_model=args.bert_model,
                                 force=args.force)
     images = f"features D = {manifest['feature_dim']} from '{manifest['extractor']}'" if manifest["images"] \

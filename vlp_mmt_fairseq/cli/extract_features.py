@@ -17,7 +17,7 @@ import sys
 import time
 from typing import List, Optional
 
-from vlp_mmt_fairseq.cli.documented_parser import documented_parser
+from vlp_mmt_fairseq.cli.documented_parser import documented_parser, quiet_logging
 
 PROG = "vlp-mmt-extract-features"
 
@@ -54,11 +54,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    import logging
-
-    import vlp_mmt_fairseq  # noqa: F401  (importing fairseq sets the root logger to DEBUG; undo that)
-
-    logging.getLogger().setLevel(logging.WARNING)
+    quiet_logging()
     from vlp_mmt_fairseq.features.extraction import extract_to_store, write_report
     from vlp_mmt_fairseq.features.extractor import build_extractor
     from vlp_mmt_fairseq.features.image_files import find_images

@@ -32,14 +32,8 @@ from typing import Iterator, List, Optional
 import numpy as np
 from tqdm import tqdm
 
-from vlp_mmt_fairseq.features.detector_outputs import (
-    ConversionError,
-    DetectedImage,
-    add_store_output_args,
-    load_class_names,
-    run_converter,
-    write_detections,
-)
+from vlp_mmt_fairseq.cli.store_converter import add_store_output_args, run_converter
+from vlp_mmt_fairseq.features.detector_outputs import ConversionError, DetectedImage, write_detected_images
 
 FEATURE_KEYS = ("x", "features", "feat", "feats")
 BOX_KEYS = ("bbox", "boxes", "bboxes")
@@ -173,8 +167,7 @@ def convert(npz_dir: str, output: str, objects_vocab: Optional[str], dtype: str,
             allow_pickle: bool = False, progress: bool = True) -> int:
     """Write the images of ``npz_dir`` to the store ``output``; return how many."""
     list_npz(npz_dir)  # fail early, before creating anything
-    class_names = load_class_names(objects_vocab) if objects_vocab else None
-    return write_detections(output, read_npz_dir(npz_dir, allow_pickle, progress), class_names, dtype, extractor)
+    return write_detected_images(output, read_npz_dir(npz_dir, allow_pickle, progress), objects_vocab, dtype, extractor)
 
 
 def get_parser() -> argparse.ArgumentParser:

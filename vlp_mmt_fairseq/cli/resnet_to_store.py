@@ -12,10 +12,10 @@ holds every image once. Train with ``--max-regions 196`` to use every cell of th
 the 36 cells with the largest feature norm). See docs/images.md.
 """
 import argparse
-import sys
 from typing import List, Optional
 
 from vlp_mmt_fairseq.cli.documented_parser import documented_parser
+from vlp_mmt_fairseq.cli.store_converter import converter_main, run_converter
 
 PROG = "vlp-mmt-resnet-to-store"
 
@@ -37,26 +37,21 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = get_parser().parse_args(argv)
-    import logging
-
-    import vlp_mmt_fairseq  # noqa: F401  (importing fairseq sets the root logger to DEBUG; undo that)
-
-    logging.getLogger().setLevel(logging.WARNING)
+def convert(args) -> int:
+    """Write the store of ``args.split``; return how many images it holds."""
     from vlp_mmt_fairseq.features.resnet_arrays import convert_resnet_arrays
 
-    count = convert_resnet_arrays([tuple(pair) for pair in args.split], args.output, extractor=args.extractor,
-                                  dtype=args.dtype, image_dir=args.image_dir, atol=args.atol,
-                                  progress=not args.no_progress)
-    print(f"{PROG}: wrote {count} images to {args.output}", file=sys.stderr)
-    return 0
+    return convert_resnet_arrays([tuple(pair) for pair in args.split], args.output, extractor=args.extractor,
+                                 dtype=args.dtype, image_dir=args.image_dir, atol=args.atol,
+                                 progress=not args.no_progress)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return converter_main(get_parser(), convert, argv)
 
 
 def cli_main():
-    from vlp_mmt_fairseq.errors import run_main
-
-    run_main(main)
+    run_converter(get_parser(), convert)
 
 
 if __name__ == "__main__":

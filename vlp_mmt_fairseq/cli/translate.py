@@ -17,7 +17,7 @@ import time
 import warnings
 from typing import List, Optional
 
-from vlp_mmt_fairseq.cli.documented_parser import documented_parser
+from vlp_mmt_fairseq.cli.documented_parser import documented_parser, quiet_logging
 
 PROG = "vlp-mmt-translate"
 GENERATION_OPTIONS = ("beam", "nbest", "max_len_a", "max_len_b", "min_len", "lenpen", "unkpen", "no_repeat_ngram_size",
@@ -60,15 +60,12 @@ def read_pairs(stream, where: str, with_images: bool):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    import logging
-
     import torch
 
-    import vlp_mmt_fairseq  # noqa: F401
     from vlp_mmt_fairseq.data.feature_store import image_key_from_line
     from vlp_mmt_fairseq.models.vlp_mmt import VlpMmtModel
 
-    logging.getLogger().setLevel(logging.WARNING)
+    quiet_logging()
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true")  # fairseq's loader, on a CPU
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -22,14 +22,8 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from vlp_mmt_fairseq.features.detector_outputs import (
-    ConversionError,
-    DetectedImage,
-    add_store_output_args,
-    load_class_names,
-    run_converter,
-    write_detections,
-)
+from vlp_mmt_fairseq.cli.store_converter import add_store_output_args, run_converter
+from vlp_mmt_fairseq.features.detector_outputs import ConversionError, DetectedImage, write_detected_images
 
 COLUMNS = (
     "img_id", "img_h", "img_w", "objects_id", "objects_conf",
@@ -126,8 +120,7 @@ def convert(tsv_paths, output: str, objects_vocab: Optional[str], dtype: str, ex
     for path in tsv_paths:
         if not os.path.isfile(path):
             raise ConversionError(f"{path}: TSV file not found")
-    class_names = load_class_names(objects_vocab) if objects_vocab else None
-    return write_detections(output, read_tsv(tsv_paths, progress), class_names, dtype, extractor)
+    return write_detected_images(output, read_tsv(tsv_paths, progress), objects_vocab, dtype, extractor)
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Turning an object detector's per-image output into feature-store entries.
 
-Shared by the converters in ``preprocess/`` (bottom-up-attention TSV files, per-image ``.npz``
-files): class-name vocabularies, box normalisation, object tags, and the streaming write loop.
+Shared by the converters ``vlp-mmt-tsv-to-store`` (bottom-up-attention TSV files) and ``vlp-mmt-npz-to-store``
+(per-image ``.npz`` files): class-name vocabularies, box normalisation, object tags, and the streaming write loop.
 """
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -155,31 +155,8 @@ def write_detections(
     return count
 
 
-def add_store_output_args(parser, vocab_required: bool = False) -> None:
-    """The converters' common options: objects vocabulary, output store, dtype, extractor name."""
-    parser.add_argument("--objects-vocab", metavar="FILE", required=vocab_required,
-                        help="detector class names, line k = class id k (synonyms 'a,b': 'a' is used)")
-    parser.add_argument("--output", "-o", required=True, metavar="STORE.h5", help="the feature store to write")
-    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
-                        help="storage type of the features (default: float16, half the size; "
-                             "float32 keeps the detector's values exactly)")
-    parser.add_argument("--extractor", default=BOTTOM_UP_EXTRACTOR,
-                        help="description of the detector, stored as the store's 'extractor' attribute")
-
-
-def run_converter(parser, convert) -> None:
-    """A converter's command line: ``convert(args)`` writes the store and returns how many images it holds.
-
-    A ConversionError or FeatureStoreError ends it with one line and exit status 1.
-    """
-    import sys
-
-    from vlp_mmt_fairseq.errors import run_main
-
-    def main() -> int:
-        args = parser.parse_args()
-        count = convert(args)
-        print(f"wrote {count} images to {args.output}", file=sys.stderr)
-        return 0
-
-    run_main(main)
+def write_detected_images(path: str, images: Iterable[DetectedImage], objects_vocab: Optional[str], dtype: str,
+                          extractor: str) -> int:
+    """:func:`write_detections`, the class ids named by the vocabulary file ``objects_vocab`` (if given)."""
+    class_names = load_class_names(objects_vocab) if objects_vocab else None
+    return write_detections(path, images, class_names, dtype, extractor)
