@@ -127,6 +127,7 @@ CPU_TIMES = StepTimes(batches_per_epoch=135, text_stage1_first=2.9, text_stage1_
                       beam_generate=0.029)
 CPU_SIZE = Size(layers=4, dim=128, ffn=256, heads=4)
 
+#: a table: every budget spells out each field, so the rows share their shape (a budget reads whole)
 BUDGETS = {
     "smoke": Budget(
         name="smoke",

@@ -149,6 +149,7 @@ def common_script_text(setup: recipe.Setup) -> str:
         f"# The steps of the Multi30K comparison: {setup.src}-{setup.tgt}, budget '{setup.budget.name}'.",
         GENERATED,
         "# Each systems/<name>.sh sources this file and calls run_steps with its steps, in order.",
+        "# run_step spells out each step's whole command, so its cases look alike: recipe.py writes each kind once.",
         "set -euo pipefail",
         'REPO="${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)}"',
         'PYTHON="${PYTHON:-python}"',

@@ -106,6 +106,7 @@ SYNTHETIC_LABEL = "synthetic source-copy features"
 CAPTION_PROXY_LABEL = "caption-proxy features"
 
 
+# (System above and Setup share the shape of a frozen dataclass's field list, and nothing more)
 @dataclass(frozen=True)
 class Setup:
     """What one comparison is run on: the languages, the budget, the data and the features."""
