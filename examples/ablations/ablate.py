@@ -119,7 +119,8 @@ class Variant:
     @property
     def regions_after_bert(self) -> bool:
         """``--region-fusion decoder``: BERT reads the text alone, so its output is cacheable while FFN(v) trains."""
-        return "--region-fusion" in self.model_flags
+        return "--region-fusion" in self.model_flags and \
+            self.model_flags[self.model_flags.index("--region-fusion") + 1] == "decoder"
 
     @property
     def cacheable(self) -> bool:
@@ -132,6 +133,8 @@ class Variant:
 
 #: the regions bypass BERT's layers and meet the text in the decoder's cross-attention
 LATE = ("--region-fusion", "decoder")
+#: Eq. 1, the regions inside BERT: given explicitly, so that the rows keep it whatever the model's default is
+PAPER = ("--region-fusion", "bert")
 
 
 def variants(budget: Budget) -> Dict[str, Variant]:
@@ -140,17 +143,18 @@ def variants(budget: Budget) -> Dict[str, Variant]:
         Variant("text_plain", "text only, plain BERT (BERT-enc)", vlp=None, images=False),
         Variant("text_vlp", "text only, BERT from the short VLP", images=False),
         Variant("text_vlp_long", "text only, BERT from the long VLP", vlp="long", images=False),
-        Variant("base", "short VLP, FFN(v) frozen, tags + regions (today's stage 1)"),
-        Variant("vlp_none", "no VLP (plain BERT, fresh FFN(v), trained)", vlp=None),
-        Variant("vlp_long", "long VLP", vlp="long"),
-        Variant("ffn_trained", "FFN(v) trained in stage 1", model_flags=("--train-visual-projection",)),
-        Variant("tags_only", "tags only (no regions)", task_flags=("--no-regions",)),
-        Variant("regions_only", "regions only (no tags)", task_flags=("--no-tags",)),
-        Variant(f"regions_{few}", f"at most {few} region(s)", task_flags=("--max-regions", few)),
-        Variant("emb_segment", "regions + segment embedding", model_flags=("--region-embedding", "segment")),
-        Variant("emb_position", "regions + position embedding", model_flags=("--region-embedding", "position")),
-        Variant("emb_type", "regions + learned type embedding", model_flags=("--region-embedding", "type")),
-        Variant("decoder_text", "decoder sees no region position", model_flags=("--decoder-memory", "text")),
+        Variant("base", "short VLP, FFN(v) frozen, tags + regions (today's stage 1)", model_flags=PAPER),
+        Variant("vlp_none", "no VLP (plain BERT, fresh FFN(v), trained)", vlp=None, model_flags=PAPER),
+        Variant("vlp_long", "long VLP", vlp="long", model_flags=PAPER),
+        Variant("ffn_trained", "FFN(v) trained in stage 1", model_flags=(*PAPER, "--train-visual-projection")),
+        Variant("tags_only", "tags only (no regions)", task_flags=("--no-regions",), model_flags=PAPER),
+        Variant("regions_only", "regions only (no tags)", task_flags=("--no-tags",), model_flags=PAPER),
+        Variant(f"regions_{few}", f"at most {few} region(s)", task_flags=("--max-regions", few), model_flags=PAPER),
+        Variant("emb_segment", "regions + segment embedding", model_flags=(*PAPER, "--region-embedding", "segment")),
+        Variant("emb_position", "regions + position embedding",
+                model_flags=(*PAPER, "--region-embedding", "position")),
+        Variant("emb_type", "regions + learned type embedding", model_flags=(*PAPER, "--region-embedding", "type")),
+        Variant("decoder_text", "decoder sees no region position", model_flags=(*PAPER, "--decoder-memory", "text")),
         Variant("late", "regions after BERT (--region-fusion decoder), FFN(v) from VLP, trained",
                 model_flags=LATE),
         Variant("late_novlp", "regions after BERT, no VLP (plain BERT, fresh FFN(v), trained)", vlp=None,
