@@ -42,6 +42,10 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
             for layer in row["mass_per_layer"][label]:
                 assert sum(layer.values()) == pytest.approx(1.0, abs=1e-4)
     assert "incongruent" not in rows["text_plain"] and "incongruent" in rows["base"]
+    assert sorted(rows["base"]["valid_curve"]) == ["1", "2"]  # the greedy validation of each epoch (JSON keys)
+    test = rows["base"]["vs_reference"]  # paired bootstrap against the text-only BERT-enc, on test2016 'BLEU tok'
+    assert "vs_reference" not in rows["text_plain"] and 0 <= test["p_value"] <= 1
+    assert test["delta_low"] - 0.01 <= test["delta"] <= test["delta_high"] + 0.01
     assert rows["base"]["bleu_lost_incongruent"] == pytest.approx(
         rows["base"]["test2016"]["bleu"] - rows["base"]["incongruent"]["bleu"], abs=0.011)
     text_mass = rows["text_plain"]["mass"]["last"]

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
+from vlp_mmt_fairseq.evaluation.train_logs import valid_bleu_per_epoch
 from vlp_mmt_fairseq.file_utils import atomic_output
 from vlp_mmt_fairseq.step_runner import (
     Step,
@@ -328,11 +329,66 @@ def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, curr
         mass = json.load(f)
     row["mass"] = {label: mean_mass(result) for label, result in mass.items()}
     row["mass_per_layer"] = {label: result["layers"] for label, result in mass.items()}
+    row["valid_curve"] = valid_bleu_per_epoch(os.path.join(work, train_log(variant.name)))  # greedy, per epoch
     row["train_seconds"] = records[f"train.{variant.name}"]["seconds"]
     row["step_seconds"] = round(sum(r["seconds"] for r in records.values()), 1)
     row["command"] = shell_command(train_step(budget, args, variant))
     row["finished"] = True
     return row
+
+
+#: the row every other row is compared with by paired bootstrap resampling: the text-only BERT-enc
+REFERENCE = "text_plain"
+
+
+def tokenized_hypotheses(data: str, tgt: str, output: str, split: str) -> List[str]:
+    """The lowercased, tokenized hypotheses of a fairseq-generate output, as ``score`` counts 'BLEU tok'."""
+    from vlp_mmt_fairseq.evaluation.bleu import lowercase_normalize_tokenize
+    from vlp_mmt_fairseq.evaluation.generate_output import read_detokenized_hypotheses
+    from vlp_mmt_fairseq.evaluation.references import read_lines
+
+    count = len(read_lines(os.path.join(data, "raw", f"{split}.{tgt}")))
+    return lowercase_normalize_tokenize(read_detokenized_hypotheses(output, count), tgt)
+
+
+def add_significance(rows: List[dict], work: str, args) -> None:
+    """Each finished row's test2016 'BLEU tok' against the reference row's, by paired bootstrap (1,000 resamples):
+    the difference, its 95% interval and p (``vs_reference``); identical outputs get p = 1. Without ``DATA/tok``
+    the raw references are lowercased and tokenized as the hypotheses are."""
+    from vlp_mmt_fairseq.evaluation.bleu import lowercase_normalize_tokenize
+    from vlp_mmt_fairseq.evaluation.references import read_lines
+    from vlp_mmt_fairseq.evaluation.significance import paired_bootstrap
+
+    by_name = {row["variant"]: row for row in rows}
+    if not by_name.get(REFERENCE, {}).get("finished"):
+        return
+    tok_path = os.path.join(args.data, "tok", f"{PROBE_SPLIT}.{args.tgt}")
+    if os.path.exists(tok_path):
+        references = [" ".join(line.split()) for line in read_lines(tok_path)]
+    else:  # no official tokenized references: the raw ones, tokenized as the hypotheses are
+        raw = read_lines(os.path.join(args.data, "raw", f"{PROBE_SPLIT}.{args.tgt}"))
+        references = lowercase_normalize_tokenize(raw, args.tgt)
+    hypotheses = {name: tokenized_hypotheses(args.data, args.tgt,
+                                             os.path.join(work, generation_output(name, PROBE_SPLIT)), PROBE_SPLIT)
+                  for name, row in by_name.items() if row["finished"]}
+    for name, row in by_name.items():
+        if row["finished"] and name != REFERENCE:
+            result = paired_bootstrap(hypotheses[name], hypotheses[REFERENCE], references)
+            row["vs_reference"] = {"reference": REFERENCE, "delta": round(result.delta, 2),
+                                   "delta_low": round(result.delta_low, 2), "delta_high": round(result.delta_high, 2),
+                                   "p_value": round(result.p_value, 4)}
+
+
+def significance_cell(row: dict) -> str:
+    test = row.get("vs_reference")
+    if not test:
+        return ""
+    return f"{test['delta']:+.2f} [{test['delta_low']:+.2f}, {test['delta_high']:+.2f}]" + \
+        ("*" if test["p_value"] < 0.05 else "")
+
+
+def curve_cell(row: dict) -> str:
+    return " ".join(f"{bleu:.1f}" for bleu in row.get("valid_curve", {}).values())
 
 
 def fmt(value, digits=1) -> str:
@@ -345,8 +401,9 @@ def mass_cell(row: dict, kind: str) -> str:
     return f"{row['mass']['first'][kind]:.2f} → {row['mass']['last'][kind]:.2f}"
 
 
-COLUMNS = ["variant", "what differs from base", "valid BLEU", "test2016 BLEU", "test2016 BLEU tok", "shuffled",
-           "BLEU lost shuffled", "train min", "steps min", "text mass", "tag mass", "region mass"]
+COLUMNS = ["variant", "what differs from base", "valid BLEU", "test2016 BLEU", "test2016 BLEU tok",
+           f"tok vs {REFERENCE}", "shuffled", "BLEU lost shuffled", "valid BLEU per epoch (greedy)", "train min",
+           "steps min", "text mass", "tag mass", "region mass"]
 
 
 def table_cells(row: dict) -> List[str]:
@@ -354,7 +411,8 @@ def table_cells(row: dict) -> List[str]:
         return [row["variant"], row["label"]] + ["not run"] + [""] * (len(COLUMNS) - 3)
     incongruent = row.get("incongruent", {}).get("bleu")
     return [row["variant"], row["label"], fmt(row["valid"]["bleu"]), fmt(row["test2016"]["bleu"]),
-            fmt(row["test2016"]["bleu_tok"]), fmt(incongruent), fmt(row.get("bleu_lost_incongruent"), 2),
+            fmt(row["test2016"]["bleu_tok"]), significance_cell(row), fmt(incongruent),
+            fmt(row.get("bleu_lost_incongruent"), 2), curve_cell(row),
             fmt(row["train_seconds"] / 60), fmt(row["step_seconds"] / 60),
             mass_cell(row, "text"), mass_cell(row, "tag"), mass_cell(row, "region")]
 
@@ -367,6 +425,7 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
     every = wanted_steps(budget, args)
     current = runner.plan(every, strict=False)
     rows = [variant_row(runner, budget, args, variants(budget)[name], current) for name in args.variants]
+    add_significance(rows, runner.work_dir, args)
     out = os.path.join(runner.work_dir, "results")
     os.makedirs(out, exist_ok=True)
     notes = [
@@ -379,6 +438,9 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
         "the first → the last epoch (references of valid force-decoded; special tokens take the rest).",
         "Times: the step's own seconds at the thread count it ran with; 'steps' adds generation and the mass. "
         "VLP: " + ", ".join(f"{k} {fmt(v / 60)} min" if v else f"{k} not run" for k, v in vlp_seconds.items()) + ".",
+        f"'tok vs {REFERENCE}': the row's test2016 'BLEU tok' minus {REFERENCE}'s, with the 95% interval of the "
+        "difference, by paired bootstrap resampling (sacreBLEU's, 1,000 resamples; * p < 0.05). 'valid BLEU per "
+        "epoch': the greedy validation of each epoch, from which the best checkpoint was chosen.",
         "Rows without the frozen-encoder cache (something before BERT trains): "
         + (", ".join(r["variant"] for r in rows if not r["cache"]) or "none") + ".",
     ]

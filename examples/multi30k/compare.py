@@ -275,7 +275,7 @@ def image_notes(setup: recipe.Setup) -> list:
 
 def vlp_note(runner: StepRunner) -> str:
     """The VLP run's MLM and pair accuracy on the held-out val pairs (its last validation)."""
-    from curves import last_valid_record
+    from vlp_mmt_fairseq.evaluation.train_logs import last_valid_record
 
     record = last_valid_record(os.path.join(runner.work_dir, recipe.train_log("vlp")))
     what = ("VLP (Algorithm 1, steps 3-4 only): masked LM and paired-image prediction on the training pairs; "
@@ -295,7 +295,7 @@ LAMBDA_FIGURES = (("lambda", "mean"), ("lambda_std", "sd"), ("lambda_frequent", 
 
 def lambda_note(runner: StepRunner) -> Optional[str]:
     """Lambda of the learnable-lambda rows in the last epoch of each of their runs, from the training logs."""
-    from curves import last_train_record
+    from vlp_mmt_fairseq.evaluation.train_logs import last_train_record
 
     parts = []
     for name in LEARNABLE_LAMBDA:
