@@ -41,6 +41,9 @@ from vlp_mmt_fairseq.step_runner import (
     stop_on_sigterm,
 )
 
+# The same conventions as examples/multi30k/compare.py and recipe.py (placeholders, decoding lengths, a frozen
+# dataclass per budget): the two examples run alone, each with its own step list, so the short blocks of the same
+# shape (these constants and imports, Budget beside recipe.System) are kept in both rather than imported across.
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
