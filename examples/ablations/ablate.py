@@ -165,6 +165,9 @@ def variants(budget: Budget) -> Dict[str, Variant]:
                 model_flags=LATE),
         Variant("late_novlp_regions", "regions after BERT, no VLP, no tags: BERT's states are text_plain's",
                 vlp=None, task_flags=("--no-tags",), model_flags=LATE),
+        Variant("late_novlp_regions_noise", "late_novlp_regions, trained and tested with another sentence's image "
+                "(--shuffle-images-seed 1): regions present, but saying nothing of the sentence", vlp=None,
+                task_flags=("--no-tags", *PROBE), model_flags=LATE),
     )
     return {v.name: v for v in rows}
 
