@@ -6,13 +6,9 @@ from typing import Sequence
 
 
 def load_plugin() -> None:
-    """Register the plugin's tasks, models and criterions, and its checkpoint fixes, in this process."""
-    import fairseq  # noqa: F401
-
-    from vlp_mmt_fairseq import compat, criterions, models, tasks  # noqa: F401  (registration)
-
-    compat.register_safe_checkpoint_globals()
-    compat.make_checkpoints_crash_safe()
+    """Register the plugin's tasks, models and criterions, and its fixes, in this process: importing the package
+    does both (``compat.apply`` allow-lists the checkpoint classes and applies the fixes this fairseq needs)."""
+    import vlp_mmt_fairseq  # noqa: F401
 
 
 def build_trainer(argv: Sequence, trainer_class=None):
