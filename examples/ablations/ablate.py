@@ -168,6 +168,9 @@ def variants(budget: Budget) -> Dict[str, Variant]:
         Variant("late_novlp_regions_noise", "late_novlp_regions, trained and tested with another sentence's image "
                 "(--shuffle-images-seed 1): regions present, but saying nothing of the sentence", vlp=None,
                 task_flags=("--no-tags", *PROBE), model_flags=LATE),
+        Variant("late_novlp_regions_gated", "late_novlp_regions with the regions behind a per-head gate that "
+                "starts closed (--cross-attention gated): training starts from text_plain's model", vlp=None,
+                task_flags=("--no-tags",), model_flags=(*LATE, "--cross-attention", "gated")),
     )
     return {v.name: v for v in rows}
 

@@ -22,8 +22,13 @@ from vlp_mmt_fairseq.models.multimodal_bert_encoder import (
 from vlp_mmt_fairseq.modules import feature_record
 from vlp_mmt_fairseq.modules.beamable_cross_attention import BeamableCrossAttentionMixin
 from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache
+from vlp_mmt_fairseq.modules.gated_cross_attention import GatedCrossAttention
+from vlp_mmt_fairseq.modules.text_packing import PositionKind
 
 logger = logging.getLogger(__name__)
+
+#: joint: one softmax over all encoder positions (the paper); gated: regions behind a closed gate
+CROSS_ATTENTIONS = ("joint", "gated")
 
 
 class CrossAttentionQueryDecoder(BeamableCrossAttentionMixin, TransformerDecoder):
@@ -44,7 +49,12 @@ class CrossAttentionQueryDecoder(BeamableCrossAttentionMixin, TransformerDecoder
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
         self._captured = None
+        self.gated = getattr(args, "cross_attention", "joint") == "gated"
         for layer in self.layers:
+            if self.gated:
+                stock = layer.encoder_attn
+                layer.encoder_attn = GatedCrossAttention(stock.embed_dim, stock.num_heads, kdim=stock.kdim,
+                                                         vdim=stock.vdim, dropout=stock.dropout_module.p)
             layer.encoder_attn.register_forward_pre_hook(self._capture_query, with_kwargs=True)
             layer.encoder_attn.k_proj.register_forward_hook(self._capture_projection("cross_attn_keys"))
             layer.encoder_attn.v_proj.register_forward_hook(self._capture_projection("cross_attn_values"))
@@ -62,6 +72,10 @@ class CrossAttentionQueryDecoder(BeamableCrossAttentionMixin, TransformerDecoder
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False,
                 return_cross_attn_queries: bool = False, **kwargs):
         self.use_beamable_cross_attention(prev_output_tokens, [encoder_out], incremental_state)
+        if self.gated:
+            regions = encoder_out["position_kinds"][0].eq(int(PositionKind.REGION))  # B x S
+            for layer in self.layers:
+                layer.encoder_attn.gated_positions = regions
         if not return_cross_attn_queries:
             return super().forward(prev_output_tokens, encoder_out=encoder_out,
                                    incremental_state=incremental_state, features_only=features_only, **kwargs)
@@ -116,6 +130,12 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
                                  "appended after it, so the decoder attends to text and regions together while "
                                  "the regions leave the text states untouched; FFN(v) then trains in stage 1, and "
                                  "--cache-frozen-encoder still applies")
+        parser.add_argument("--cross-attention", choices=CROSS_ATTENTIONS, default="joint",
+                            help="how the decoder attends to the encoder: joint: one softmax over text, tag and "
+                                 "region positions (the paper, default); gated: per head, text (and tags) and "
+                                 "regions attended apart from the same query and summed as a_x + tanh(g) a_v with "
+                                 "g = 0 at the start, so training starts from the text-only model and opens the "
+                                 "gate only as far as the regions help")
         parser.add_argument("--load-vlp", metavar="PATH", default=None,
                             help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint (or a directory "
                                  "written by vlp-mmt-export-bert); the pre-training heads are dropped")
