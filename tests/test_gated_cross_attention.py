@@ -75,13 +75,14 @@ def test_a_closed_gate_starts_from_the_text_only_model(toy_data, toy_corpus, tin
 
     model.train()
     loss, _, logging_output = criterion(model, sample)  # the default modality loss reads h_x, h_v as before
-    assert logging_output["modality_tokens"] > 0
+    assert logging_output["modality_tokens"] > 0 and logging_output["cross_gate_sum"] == 0
     loss.backward()
     assert all(layer.encoder_attn.gate.grad.abs().sum() > 0 for layer in model.decoder.layers)
 
     with torch.no_grad():
         for layer in model.decoder.layers:
             layer.encoder_attn.gate.fill_(0.8)
+    assert criterion(model, sample)[2]["cross_gate_sum"] == pytest.approx(torch.tanh(torch.tensor(0.8)).item())
     model.eval()
     with torch.no_grad():
         real, other = model(**net_input)[0], model(**shuffled)[0]

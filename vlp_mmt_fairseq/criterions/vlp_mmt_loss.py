@@ -160,6 +160,9 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
                 cos_sq_sum=terms["cos_sq_sum"].data,
                 modality_tokens=terms["count"].data,
             )
+        if getattr(model.decoder, "gated", False):  # --cross-attention gated: how far the region gates are open
+            gates = torch.cat([layer.encoder_attn.gate_values().detach() for layer in model.decoder.layers])
+            logging_output.update(cross_gate_sum=gates.abs().mean().item(), cross_gate_batches=1)
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
@@ -246,6 +249,9 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
         def total(key):
             return utils.item(sum(log.get(key, 0) for log in logging_outputs))
 
+        batches = total("cross_gate_batches")
+        if batches > 0:  # mean |tanh g| over decoder layers and heads: 0 = text only
+            metrics.log_scalar("cross_gate", total("cross_gate_sum") / batches, batches, round=4)
         count = total("modality_tokens")
         if count > 0:
             modality = total("modality_loss")
