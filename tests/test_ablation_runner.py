@@ -76,7 +76,7 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     commands = {lines[i].split()[1]: lines[i + 1] for i in range(len(lines) - 1) if lines[i].startswith("# ")}
     trains = {name[len("train."):]: command for name, command in commands.items()
               if name.startswith("train.") and "--task vlp_mmt" in command}
-    assert len(trains) == 19 and {"text_plain", "text_vlp", "base", "decoder_text", "late_novlp_regions"} <= set(trains)
+    assert len(trains) == 20 and {"text_plain", "text_vlp", "base", "decoder_text", "late_novlp_regions"} <= set(trains)
     shared = ("--freeze-bert", "--modality-loss off", "--lr 0.002", "--max-epoch 5", "--max-tokens 4096",
               "--decoder-layers 4", "--best-checkpoint-metric bleu")
     assert all(flag in command for command in trains.values() for flag in shared)
@@ -87,10 +87,14 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     assert "--decoder-memory text" in trains["decoder_text"] and "--max-regions 1" in trains["regions_1"]
     # Eq. 1 stated on every multimodal row but the late ones, which put the regions after BERT
     late = {name for name in trains if name.startswith("late")}
-    assert late == {"late", "late_novlp", "late_novlp_regions", "late_novlp_regions_noise"}
+    gated = {name for name in late if name.endswith("gated")}
+    assert late == {"late", "late_novlp", "late_novlp_regions", "late_novlp_regions_noise", *gated} and len(gated) == 2
     assert all("--region-fusion decoder" in trains[name] for name in late)
     assert all("--region-fusion bert" in command for name, command in trains.items()
                if name not in late and "--no-images" not in command)
+    # the decoder's cross-attention stated on every multimodal row: gated on the gated ones, joint elsewhere
+    assert all(("--cross-attention gated" if name in gated else "--cross-attention joint") in command
+               for name, command in trains.items() if "--no-images" not in command)
     assert "--shuffle-images-seed 1" in trains["late_novlp_regions_noise"]
     assert "generate.base.test2016.incongruent" in commands and "generate.text_plain.test2016.incongruent" \
         not in commands

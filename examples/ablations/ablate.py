@@ -135,10 +135,14 @@ class Variant:
             "type" not in self.model_flags
 
 
-#: the regions bypass BERT's layers and meet the text in the decoder's cross-attention
-LATE = ("--region-fusion", "decoder")
+#: one softmax over text, tag and region positions (the paper's decoder); given explicitly, as below
+JOINT = ("--cross-attention", "joint")
+#: the regions bypass BERT's layers and meet the text in the decoder's (joint) cross-attention
+LATE = ("--region-fusion", "decoder", *JOINT)
 #: Eq. 1, the regions inside BERT: given explicitly, so that the rows keep it whatever the model's default is
-PAPER = ("--region-fusion", "bert")
+PAPER = ("--region-fusion", "bert", *JOINT)
+#: the regions after BERT, behind the decoder's per-head gate that starts closed
+GATED = ("--region-fusion", "decoder", "--cross-attention", "gated")
 
 
 def variants(budget: Budget) -> Dict[str, Variant]:
@@ -170,7 +174,9 @@ def variants(budget: Budget) -> Dict[str, Variant]:
                 task_flags=("--no-tags", *PROBE), model_flags=LATE),
         Variant("late_novlp_regions_gated", "late_novlp_regions with the regions behind a per-head gate that "
                 "starts closed (--cross-attention gated): training starts from text_plain's model", vlp=None,
-                task_flags=("--no-tags",), model_flags=(*LATE, "--cross-attention", "gated")),
+                task_flags=("--no-tags",), model_flags=GATED),
+        Variant("late_gated", "late (short VLP, tags inside BERT, regions after it) with the regions behind the "
+                "closed gate", model_flags=GATED),
     )
     return {v.name: v for v in rows}
 
