@@ -1,7 +1,10 @@
 """Model ``vlp_mmt``: the multimodal BERT encoder plus fairseq's transformer decoder.
 
-The decoder's cross-attention attends over all encoder positions (source, tags and regions)
-together. For the modality loss, the decoder can also return the query that each layer's
+By default (``--region-fusion decoder --cross-attention gated``) BERT reads the text and tags alone, FFN(v)
+is appended after it, and each decoder layer's cross-attention adds the regions through a per-head gate that
+starts closed (:mod:`~vlp_mmt_fairseq.modules.gated_cross_attention`), so training starts from the text-only
+model. ``--region-fusion bert --cross-attention joint`` is the paper's: the regions inside BERT (Eq. 1), and
+one softmax over all encoder positions (source, tags and regions) together. For the modality loss, the decoder can also return the query that each layer's
 cross-attention received (``return_cross_attn_queries=True``); translation never asks for it.
 """
 import logging
@@ -49,7 +52,7 @@ class CrossAttentionQueryDecoder(BeamableCrossAttentionMixin, TransformerDecoder
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
         self._captured = None
-        self.gated = getattr(args, "cross_attention", "joint") == "gated"
+        self.gated = getattr(args, "cross_attention", "joint") == "gated"  # older checkpoints: joint
         for layer in self.layers:
             if self.gated:
                 stock = layer.encoder_attn
@@ -124,18 +127,18 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
                             help="what the decoder's cross-attention sees: all encoder positions (default), or "
                                  "text: the regions are hidden from it and shape the text states only through "
                                  "BERT's self-attention (the modality loss then cannot run)")
-        parser.add_argument("--region-fusion", choices=REGION_FUSIONS, default="bert",
-                            help="where the regions meet the text: bert: BERT's layers run over text and FFN(v) "
-                                 "together (Eq. 1, default); decoder: BERT runs over the text alone and FFN(v) is "
-                                 "appended after it, so the decoder attends to text and regions together while "
-                                 "the regions leave the text states untouched; FFN(v) then trains in stage 1, and "
-                                 "--cache-frozen-encoder still applies")
-        parser.add_argument("--cross-attention", choices=CROSS_ATTENTIONS, default="joint",
-                            help="how the decoder attends to the encoder: joint: one softmax over text, tag and "
-                                 "region positions (the paper, default); gated: per head, text (and tags) and "
-                                 "regions attended apart from the same query and summed as a_x + tanh(g) a_v with "
-                                 "g = 0 at the start, so training starts from the text-only model and opens the "
-                                 "gate only as far as the regions help")
+        parser.add_argument("--region-fusion", choices=REGION_FUSIONS, default="decoder",
+                            help="where the regions meet the text: decoder (default): BERT runs over the text "
+                                 "(and tags) alone and FFN(v) is appended after it, so the regions leave the text "
+                                 "states untouched and reach the translation through the decoder's cross-attention; "
+                                 "FFN(v) then trains in stage 1, and --cache-frozen-encoder still applies; bert: "
+                                 "BERT's layers run over text and FFN(v) together (Eq. 1, the paper)")
+        parser.add_argument("--cross-attention", choices=CROSS_ATTENTIONS, default="gated",
+                            help="how the decoder attends to the encoder: gated (default): per head, text (and "
+                                 "tags) and regions attended apart from the same query and summed as "
+                                 "a_x + tanh(g) a_v with g = 0 at the start, so training starts from the text-only "
+                                 "model and opens the gate only as far as the regions help; joint: one softmax over "
+                                 "text, tag and region positions (the paper)")
         parser.add_argument("--load-vlp", metavar="PATH", default=None,
                             help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint (or a directory "
                                  "written by vlp-mmt-export-bert); the pre-training heads are dropped")
@@ -165,6 +168,7 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         encoder = MultimodalBertEncoder(task.source_dictionary, bert, feature_dim, args.decoder_embed_dim,
                                         region_embedding=getattr(args, "region_embedding", "none"),
                                         decoder_memory=getattr(args, "decoder_memory", "all"),
+                                        # a checkpoint from before the option was trained with Eq. 1
                                         region_fusion=getattr(args, "region_fusion", "bert"))
         loaded_visual = False
         if getattr(args, "load_vlp", None):
