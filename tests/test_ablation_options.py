@@ -52,6 +52,7 @@ def encode(model, sample):
 @pytest.mark.slow
 def test_defaults_are_the_ablation_recipe_and_the_paper_is_an_option(toy_data, toy_corpus, tiny_bert_dir):
     from fairseq.modules import MultiheadAttention
+
     from vlp_mmt_fairseq.modules.gated_cross_attention import GatedCrossAttention
 
     _, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, paper=False)

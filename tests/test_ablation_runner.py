@@ -76,7 +76,7 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     commands = {lines[i].split()[1]: lines[i + 1] for i in range(len(lines) - 1) if lines[i].startswith("# ")}
     trains = {name[len("train."):]: command for name, command in commands.items()
               if name.startswith("train.") and "--task vlp_mmt" in command}
-    assert len(trains) == 20 and {"text_plain", "text_vlp", "base", "decoder_text", "late_novlp_regions"} <= set(trains)
+    assert len(trains) == 21 and {"text_plain", "text_vlp", "base", "decoder_text", "late_novlp_regions"} <= set(trains)
     shared = ("--freeze-bert", "--modality-loss off", "--lr 0.002", "--max-epoch 5", "--max-tokens 4096",
               "--decoder-layers 4", "--best-checkpoint-metric bleu")
     assert all(flag in command for command in trains.values() for flag in shared)

@@ -25,7 +25,7 @@ def test_the_default_recipe_opens_the_gate_and_reads_the_image(toy_data, toy_cor
     model_args = state["cfg"]["model"]
     assert (model_args.region_fusion, model_args.cross_attention, model_args.region_embedding,
             model_args.decoder_memory) == ("decoder", "gated", "none", "all")
-    assert state["cfg"]["criterion"].modality_loss == "last"
+    assert state["cfg"]["criterion"]["modality_loss"] == "last"
     gates = [torch.tanh(v).abs() for k, v in state["model"].items() if k.endswith("encoder_attn.gate")]
     assert len(gates) == 2 and max(float(g.max()) for g in gates) > 0.05  # the gates opened from 0
     senses = str(toy_corpus / "senses.tsv")

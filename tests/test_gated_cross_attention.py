@@ -33,7 +33,8 @@ def gated_by_hand(attn, query, memory, pad, gated):
     scores = q @ k.transpose(-1, -2)  # B x H x T x S
     out = torch.zeros_like(q)
     for b in range(bsz):
-        for side, weight in ((~pad[b] & ~gated[b], torch.ones(attn.num_heads)), (~pad[b] & gated[b], torch.tanh(attn.gate))):
+        sides = ((~pad[b] & ~gated[b], torch.ones(attn.num_heads)), (~pad[b] & gated[b], torch.tanh(attn.gate)))
+        for side, weight in sides:
             if side.any():
                 probs = torch.softmax(scores[b][..., side], dim=-1)  # H x T x S'
                 out[b] += weight[:, None, None] * (probs @ v[b][:, side])
@@ -76,13 +77,24 @@ def test_a_closed_gate_starts_from_the_text_only_model(toy_data, toy_corpus, tin
     model.train()
     loss, _, logging_output = criterion(model, sample)  # the default modality loss reads h_x, h_v as before
     assert logging_output["modality_tokens"] > 0 and logging_output["cross_gate_sum"] == 0
+    assert logging_output["modality_loss"] == 0  # L_M weighs each layer by its gate's opening: nothing yet
     loss.backward()
     assert all(layer.encoder_attn.gate.grad.abs().sum() > 0 for layer in model.decoder.layers)
 
     with torch.no_grad():
         for layer in model.decoder.layers:
             layer.encoder_attn.gate.fill_(0.8)
-    assert criterion(model, sample)[2]["cross_gate_sum"] == pytest.approx(torch.tanh(torch.tensor(0.8)).item())
+    torch.manual_seed(0)  # the same dropout masks (FFN(v) keeps BERT's) for both criteria
+    opened = criterion(model, sample)[2]
+    assert opened["cross_gate_sum"] == pytest.approx(torch.tanh(torch.tensor(0.8)).item())
+    # --modality-gate-opening none: the full L_M, of which the default takes the gate's share
+    _, _, full_criterion = build(toy_data, toy_corpus, tiny_bert_dir, *GATED, "--freeze-bert",
+                                 "--modality-gate-opening", "none")
+    torch.manual_seed(0)
+    full = full_criterion(model, sample)[2]
+    assert float(opened["modality_loss"]) == pytest.approx(torch.tanh(torch.tensor(0.8)).item() *
+                                                           float(full["modality_loss"]), rel=1e-5)
+    assert float(full["modality_loss"]) > 0
     model.eval()
     with torch.no_grad():
         real, other = model(**net_input)[0], model(**shuffled)[0]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from fairseq.logging import metrics
 
-from test_vlp_mmt_model import build, first_batch
+from test_vlp_mmt_model import PAPER, build, first_batch
 from utils import REPO_ROOT, fairseq_train, finish, logged, run_cli, start
 from vlp_mmt_fairseq.criterions.vlp_mmt_loss import VlpMmtLossConfig
 
@@ -230,7 +230,7 @@ def test_literal_lambda_collapses_and_the_prior_keeps_it_on(toy_data, toy_corpus
               "--bert-model", tiny_bert_dir, "--image-features", toy_corpus / "features.h5", "--freeze-bert",
               "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20",
               "--max-tokens", "400", "--max-update", "200", "--disable-validation", "--no-epoch-checkpoints",
-              "--num-workers", "0", "--log-format", "json", "--log-interval", "20", "--seed", "1", "--cpu"]
+              "--num-workers", "0", "--log-format", "json", "--log-interval", "20", "--seed", "1", "--cpu", *PAPER]
     runs = {"literal": ["--modality-gate", "literal", "--no-save"],
             "prior": ["--save-dir", tmp_path / "prior"]}
     processes = {name: start([fairseq_train(), *common, *extra], tmp_path / f"{name}.log")

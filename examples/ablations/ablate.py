@@ -119,6 +119,7 @@ class Variant:
     images: bool = True
     task_flags: Tuple[str, ...] = ()
     model_flags: Tuple[str, ...] = ()
+    seed: int = 1  # another seed repeats a row, to see how far the budget's results move with the seed alone
 
     @property
     def regions_after_bert(self) -> bool:
@@ -175,6 +176,7 @@ def variants(budget: Budget) -> Dict[str, Variant]:
         Variant("late_novlp_regions_gated", "late_novlp_regions with the regions behind a per-head gate that "
                 "starts closed (--cross-attention gated): training starts from text_plain's model", vlp=None,
                 task_flags=("--no-tags",), model_flags=GATED),
+        Variant("text_plain_seed2", "text_plain with another seed (--seed 2)", vlp=None, images=False, seed=2),
         Variant("late_gated", "late (short VLP, tags inside BERT, regions after it) with the regions behind the "
                 "closed gate", model_flags=GATED),
     )
@@ -231,8 +233,8 @@ def train_step(budget: Budget, args, variant: Variant) -> Step:
         "--required-batch-size-multiple", "1", "--max-epoch", str(budget.epochs), "--save-dir", f"ckpt/{v}",
         "--eval-bleu", "--eval-bleu-args", valid_generation, "--eval-bleu-detok", "space",
         "--eval-bleu-remove-bpe", "sentencepiece", "--best-checkpoint-metric", "bleu",
-        "--maximize-best-checkpoint-metric", "--seed", "1", "--log-format", "json", "--log-interval", "10",
-        *budget.device,
+        "--maximize-best-checkpoint-metric", "--seed", str(variant.seed), "--log-format", "json", "--log-interval",
+        "10", *budget.device,
     ]
     return Step(f"train.{v}", command, outputs=[f"ckpt/{v}/checkpoint_last.pt", f"ckpt/{v}/checkpoint_best.pt"],
                 after=after, log=train_log(v), clean=[f"ckpt/{v}", f"cache/{v}", train_log(v)])
@@ -306,14 +308,15 @@ def wanted_steps(budget: Budget, args) -> List[Step]:
 
 def score(data: str, tgt: str, output: str, split: str) -> Dict[str, Optional[float]]:
     """Detokenized sacreBLEU against ``DATA/raw``; lowercased tokenized BLEU where ``DATA/tok`` has the split."""
-    from vlp_mmt_fairseq.evaluation.bleu import detokenized_bleu, lowercase_normalize_tokenize, tokenized_bleu
+    from vlp_mmt_fairseq.evaluation.bleu import detokenized_bleu_parts, lowercase_normalize_tokenize, tokenized_bleu
     from vlp_mmt_fairseq.evaluation.generate_output import read_detokenized_hypotheses
     from vlp_mmt_fairseq.evaluation.references import read_lines
 
     raw = read_lines(os.path.join(data, "raw", f"{split}.{tgt}"))
     hypotheses = read_detokenized_hypotheses(output, len(raw), references=f"{data}/raw/{split}.{tgt}")
-    bleu, _ = detokenized_bleu(hypotheses, raw)
-    result = {"bleu": round(bleu, 2), "bleu_tok": None}
+    parts = detokenized_bleu_parts(hypotheses, raw)
+    result = {"bleu": round(parts["bleu"], 2), "bleu_tok": None, "length_ratio": round(parts["ratio"], 3),
+              "brevity_penalty": round(parts["bp"], 3), "precisions": [round(p, 1) for p in parts["precisions"]]}
     tok_path = os.path.join(data, "tok", f"{split}.{tgt}")
     if os.path.exists(tok_path):
         tok = [" ".join(line.split()) for line in read_lines(tok_path)]
@@ -417,8 +420,18 @@ def mass_cell(row: dict, kind: str) -> str:
 
 
 COLUMNS = ["variant", "what differs from base", "valid BLEU", "test2016 BLEU", "test2016 BLEU tok",
-           f"tok vs {REFERENCE}", "shuffled", "BLEU lost shuffled", "valid BLEU per epoch (greedy)", "train min",
+           f"tok vs {REFERENCE}", "test2016 length ratio", "test2016 BLEU without BP", "shuffled",
+           "BLEU lost shuffled", "valid BLEU per epoch (greedy)", "train min",
            "steps min", "text mass", "tag mass", "region mass"]
+
+
+def length_cells(result: dict) -> List[str]:
+    """The hypotheses' length over the references' and the BLEU before its brevity penalty (scores from before
+    these were recorded have neither)."""
+    if "length_ratio" not in result:
+        return ["", ""]
+    without_bp = result["bleu"] / result["brevity_penalty"] if result["brevity_penalty"] else None
+    return [fmt(result["length_ratio"], 2), fmt(without_bp)]
 
 
 def table_cells(row: dict) -> List[str]:
@@ -426,7 +439,8 @@ def table_cells(row: dict) -> List[str]:
         return [row["variant"], row["label"]] + ["not run"] + [""] * (len(COLUMNS) - 3)
     incongruent = row.get("incongruent", {}).get("bleu")
     return [row["variant"], row["label"], fmt(row["valid"]["bleu"]), fmt(row["test2016"]["bleu"]),
-            fmt(row["test2016"]["bleu_tok"]), significance_cell(row), fmt(incongruent),
+            fmt(row["test2016"]["bleu_tok"]), significance_cell(row), *length_cells(row["test2016"]),
+            fmt(incongruent),
             fmt(row.get("bleu_lost_incongruent"), 2), curve_cell(row),
             fmt(row["train_seconds"] / 60), fmt(row["step_seconds"] / 60),
             mass_cell(row, "text"), mass_cell(row, "tag"), mass_cell(row, "region")]
@@ -455,7 +469,9 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
         "VLP: " + ", ".join(f"{k} {fmt(v / 60)} min" if v else f"{k} not run" for k, v in vlp_seconds.items()) + ".",
         f"'tok vs {REFERENCE}': the row's test2016 'BLEU tok' minus {REFERENCE}'s, with the 95% interval of the "
         "difference, by paired bootstrap resampling (sacreBLEU's, 1,000 resamples; * p < 0.05). 'valid BLEU per "
-        "epoch': the greedy validation of each epoch, from which the best checkpoint was chosen.",
+        "epoch': the greedy validation of each epoch, from which the best checkpoint was chosen. 'length ratio': "
+        "the test2016 hypotheses' length over the references' (sacreBLEU's tokens); 'without BP': the BLEU "
+        "divided by its brevity penalty, i.e. the geometric mean of the n-gram precisions.",
         "Rows without the frozen-encoder cache (something before BERT trains): "
         + (", ".join(r["variant"] for r in rows if not r["cache"]) or "none") + ".",
     ]

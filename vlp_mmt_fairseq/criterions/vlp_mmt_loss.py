@@ -47,6 +47,7 @@ MODALITY_LAYERS = ChoiceEnum(["last", "all", "off"])
 TAG_SIDES = ChoiceEnum(["none", "x", "v"])
 GATE_FORMS = ChoiceEnum(["prior", "literal"])
 GATE_INPUTS = ChoiceEnum(["detached", "attached"])
+OPENING_SCALES = ChoiceEnum(["open", "none"])
 FREQUENT_TYPES = 100  # lambda is logged apart for the most frequent target types of the training data
 
 
@@ -88,6 +89,13 @@ class VlpMmtLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
                           "can lower its loss by moving the decoder and, with tied embeddings, the output "
                           "softmax) or without (detached, default)"},
     )
+    modality_gate_opening: OPENING_SCALES = field(
+        default="open",
+        metadata={"help": "with --cross-attention gated: open (default) scales each layer's L_M by how far that "
+                          "layer's image gate is open (mean |tanh g| over its heads, without gradient), so L_M "
+                          "aligns only what reaches the translation; none: the full L_M from the start, which "
+                          "trains the closed region path to copy the text before the translation can use it"},
+    )
 
 
 def frequent_types(dictionary, k: int) -> torch.Tensor:
@@ -111,13 +119,15 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
                  modality_loss="last", modality_lambda=None, modality_tags="none", modality_gate="prior",
-                 modality_prior_p0=0.5, modality_prior_tau=0.02, modality_gate_inputs="detached"):
+                 modality_prior_p0=0.5, modality_prior_tau=0.02, modality_gate_inputs="detached",
+                 modality_gate_opening="open"):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.modality_layers = str(modality_loss)
         self.fixed_lambda = modality_lambda
         self.x_kinds = [PositionKind.SOURCE] + ([PositionKind.TAG] if str(modality_tags) == "x" else [])
         self.v_kinds = [PositionKind.REGION] + ([PositionKind.TAG] if str(modality_tags) == "v" else [])
         self.gate = None
+        self.scale_by_opening = str(modality_gate_opening) == "open"
         if self.modality_layers != "off":
             if not getattr(task, "use_images", False):
                 raise ValueError("the modality loss needs images: pass --modality-loss off with --no-images")
@@ -223,7 +233,8 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
                 prior = torch.zeros_like(cos)
             cos_kept = cos.detach().masked_fill(~valid, 0.0)
             lam_kept = lam.detach()
-            sums["loss"] = sums["loss"] + (lam * d + prior).sum()
+            opening = self.gate_opening(layers[index])
+            sums["loss"] = sums["loss"] + opening * (lam * d + prior).sum()
             sums["prior_sum"] = sums["prior_sum"] + prior.detach().sum()
             sums["lambda_sum"] = sums["lambda_sum"] + lam.sum()
             sums["lambda_sq_sum"] = sums["lambda_sq_sum"] + (lam_kept * lam_kept).sum()
@@ -234,6 +245,13 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
                               "prior": prior})
         return dict(sums, count=valid.sum() * len(chosen), frequent_count=frequent.sum() * len(chosen),
                     layers=per_layer, valid=valid, frequent=frequent)
+
+    def gate_opening(self, layer) -> float:
+        """The weight of a layer's L_M: 1, or how far its image gate is open (``--modality-gate-opening``)."""
+        attention = layer.encoder_attn
+        if not (self.scale_by_opening and hasattr(attention, "gate_values")):
+            return 1.0
+        return attention.gate_values().detach().abs().mean()
 
     @staticmethod
     def _kind_mask(kinds: torch.Tensor, wanted) -> torch.Tensor:

@@ -23,6 +23,13 @@ def detokenized_bleu(hypotheses: List[str], references: List[str]) -> Tuple[floa
     return score.score, str(bleu.get_signature())
 
 
+def detokenized_bleu_parts(hypotheses: List[str], references: List[str]) -> dict:
+    """Cased sacreBLEU and its parts: the n-gram precisions, the brevity penalty and the length ratio."""
+    score = _sacrebleu_bleu().corpus_score(hypotheses, [references])
+    return {"bleu": score.score, "precisions": list(score.precisions), "bp": score.bp,
+            "ratio": score.sys_len / score.ref_len if score.ref_len else 0.0}
+
+
 @functools.lru_cache(maxsize=None)
 def _moses(lang: str):
     try:

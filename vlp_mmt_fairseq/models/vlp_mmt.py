@@ -4,8 +4,9 @@ By default (``--region-fusion decoder --cross-attention gated``) BERT reads the 
 is appended after it, and each decoder layer's cross-attention adds the regions through a per-head gate that
 starts closed (:mod:`~vlp_mmt_fairseq.modules.gated_cross_attention`), so training starts from the text-only
 model. ``--region-fusion bert --cross-attention joint`` is the paper's: the regions inside BERT (Eq. 1), and
-one softmax over all encoder positions (source, tags and regions) together. For the modality loss, the decoder can also return the query that each layer's
-cross-attention received (``return_cross_attn_queries=True``); translation never asks for it.
+one softmax over all encoder positions (source, tags and regions) together. For the modality loss, the
+decoder can also return the query that each layer's cross-attention received
+(``return_cross_attn_queries=True``); translation never asks for it.
 """
 import logging
 
