@@ -128,8 +128,9 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
         self.v_kinds = [PositionKind.REGION] + ([PositionKind.TAG] if str(modality_tags) == "v" else [])
         self.gate = None
         self.scale_by_opening = str(modality_gate_opening) == "open"
+        self.use_images = getattr(task, "use_images", False)
         if self.modality_layers != "off":
-            if not getattr(task, "use_images", False):
+            if not self.use_images:
                 raise ValueError("the modality loss needs images: pass --modality-loss off with --no-images")
             if self.fixed_lambda is None:
                 embed_dim, hidden_dim = task.decoder_dims
@@ -170,7 +171,7 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
                 cos_sq_sum=terms["cos_sq_sum"].data,
                 modality_tokens=terms["count"].data,
             )
-        if getattr(model.decoder, "gated", False):  # --cross-attention gated: how far the region gates are open
+        if self.use_images and getattr(model.decoder, "gated", False):  # how far the region gates are open
             gates = torch.cat([layer.encoder_attn.gate_values().detach() for layer in model.decoder.layers])
             logging_output.update(cross_gate_sum=gates.abs().mean().item(), cross_gate_batches=1)
         if self.report_accuracy:
