@@ -173,7 +173,7 @@ class VlpMmtLossCriterion(LabelSmoothedCrossEntropyCriterion):
             )
         if self.use_images and getattr(model.decoder, "gated", False):  # how far the region gates are open
             gates = torch.cat([layer.encoder_attn.gate_values().detach() for layer in model.decoder.layers])
-            logging_output.update(cross_gate_sum=gates.abs().mean().item(), cross_gate_batches=1)
+            logging_output.update(cross_gate_sum=gates.abs().mean(), cross_gate_batches=1)  # no sync per step
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
