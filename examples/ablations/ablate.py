@@ -426,10 +426,7 @@ COLUMNS = ["variant", "what differs from base", "valid BLEU", "test2016 BLEU", "
 
 
 def length_cells(result: dict) -> List[str]:
-    """The hypotheses' length over the references' and the BLEU before its brevity penalty (scores from before
-    these were recorded have neither)."""
-    if "length_ratio" not in result:
-        return ["", ""]
+    """The hypotheses' length over the references' and the BLEU before its brevity penalty."""
     without_bp = result["bleu"] / result["brevity_penalty"] if result["brevity_penalty"] else None
     return [fmt(result["length_ratio"], 2), fmt(without_bp)]
 
