@@ -10,16 +10,13 @@ import torch
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+from test_vlp_mmt_model import PAPER  # the paper's model, which most of these options modify
 from vlp_mmt_fairseq.evaluation.attention_mass import CrossAttentionRecorder, attention_mass
 from vlp_mmt_fairseq.modules.frozen_encoder_cache import FrozenEncoderCache, FrozenEncoderCacheError
 from vlp_mmt_fairseq.modules.text_packing import PositionKind
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-#: the paper's model, which most of these options modify (a later --region-fusion or --cross-attention wins)
-PAPER = ("--region-fusion", "bert", "--cross-attention", "joint")
 
 
 def build(toy_data, toy_corpus, tiny_bert_dir, *extra, criterion=True, paper=True):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from fairseq.trainer import Trainer
 
+from test_vlp_mmt_model import PAPER
 from utils import USER_DIR
 from vlp_mmt_fairseq.trainer_setup import build_trainer
 
@@ -38,7 +39,7 @@ def stage1_args(toy_data, toy_corpus, tiny_bert_dir, *extra):
         "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
         "--bert-model", tiny_bert_dir, "--image-features", toy_corpus / "features.h5", "--max-regions", "6",
         "--freeze-bert", "--optimizer", "adam", "--lr", "1e-3", "--max-sentences", "24", "--train-subset", "valid",
-        "--num-workers", "0", "--cpu", "--seed", "1", "--region-fusion", "bert", "--cross-attention", "joint", *extra,
+        "--num-workers", "0", "--cpu", "--seed", "1", *PAPER, *extra,
     ]
 
 
