@@ -61,9 +61,25 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
     assert kept == ["checkpoint1.pt", "checkpoint_best.pt", "checkpoint_last.pt"]
     assert not (work / "cache" / "base").exists()
 
+    # the length penalty: valid decoded at each of the budget's (1 and 2), test2016 again at the better one
+    tuned_steps = 0
+    for name, row in rows.items():
+        tuned = row["lenpen"]
+        assert sorted(tuned["valid_bleu"]) == ["1", "2"] and tuned["chosen"] in (1.0, 2.0)
+        assert tuned["valid_bleu"]["1"] == row["valid"]["bleu"]
+        assert tuned["valid_bleu"][f"{tuned['chosen']:g}"] == max(tuned["valid_bleu"].values())
+        if tuned["chosen"] == 1.0:
+            assert tuned["test2016"] == row["test2016"]
+        else:
+            assert (work / "gen" / name / "test2016.lenpen2.txt").exists()
+            tuned_steps += 2 if name == "base" else 1
+    assert "vs_reference" in rows["base"]["lenpen"] and "vs_reference" not in rows["text_plain"]["lenpen"]
+    assert "### With the length penalty tuned on valid" in table and "1: " in table
+
     again = ablate(toy_data, toy_corpus, tiny_bert_dir, work)
     assert again.returncode == 0, again.stdout[-4000:]
-    assert "running" not in again.stdout and again.stdout.count("done before, reused") == len(planned)
+    assert "running" not in again.stdout
+    assert again.stdout.count("done before, reused") == len(planned) + tuned_steps
 
 
 @pytest.mark.slow
@@ -96,6 +112,11 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     assert all(("--cross-attention gated" if name in gated else "--cross-attention joint") in command
                for name, command in trains.items() if "--no-images" not in command)
     assert "--shuffle-images-seed 1" in trains["late_novlp_regions_noise"]
+    sweep = sorted(name for name in commands if name.startswith("generate.base.valid."))
+    assert sweep == ["generate.base.valid.lenpen0.5", "generate.base.valid.lenpen1.5", "generate.base.valid.lenpen2",
+                     "generate.base.valid.lenpen3"]  # lenpen 1 is generate.base.valid itself
+    assert "--lenpen 2 " in commands["generate.base.valid.lenpen2"]
+    assert "--lenpen" not in commands["generate.base.valid"]
     assert "generate.base.test2016.incongruent" in commands and "generate.text_plain.test2016.incongruent" \
         not in commands
     assert not (tmp_path / "w" / "state").exists()

@@ -77,6 +77,7 @@ class Budget:
     valid_beam: int
     test_beam: int
     gen_max_tokens: int
+    lenpens: Tuple[float, ...]  # the length penalties tried on valid; test2016 is decoded again at the best one
     device: Tuple[str, ...] = ("--cpu", "--num-workers", "0")
 
 
@@ -85,7 +86,7 @@ BUDGETS = {
         name="tiny", summary="pipeline check on the toy corpus (tests): vlp_mmt_tiny, 2 epochs, VLP of 4 and 8 updates",
         arch="vlp_mmt_tiny", decoder=(), max_tokens=2000, lr=2e-3, warmup_updates=10, dropout=0.1, epochs=2,
         vlp_lr=1e-4, vlp_short_updates=4, vlp_long_updates=8, regions_few=1, valid_beam=1, test_beam=2,
-        gen_max_tokens=4000,
+        gen_max_tokens=4000, lenpens=(1.0, 2.0),
     ),
     "cpu": Budget(
         name="cpu",
@@ -97,7 +98,7 @@ BUDGETS = {
                  "--decoder-attention-heads", "4"),
         max_tokens=4096, lr=2e-3, warmup_updates=200, dropout=0.3, epochs=5,
         vlp_lr=5e-5, vlp_short_updates=300, vlp_long_updates=600, regions_few=1, valid_beam=1, test_beam=5,
-        gen_max_tokens=8000,
+        gen_max_tokens=8000, lenpens=(0.5, 1.0, 1.5, 2.0, 3.0),
     ),
 }
 
@@ -240,20 +241,44 @@ def train_step(budget: Budget, args, variant: Variant) -> Step:
                 after=after, log=train_log(v), clean=[f"ckpt/{v}", f"cache/{v}", train_log(v)])
 
 
-def generation_output(variant: str, split: str, probe: bool = False) -> str:
-    return f"gen/{variant}/{split}{'.incongruent' if probe else ''}.txt"
+#: fairseq-generate's default --lenpen: the generation steps without a length-penalty suffix use it
+DEFAULT_LENPEN = 1.0
 
 
-def generate_step(budget: Budget, args, variant: Variant, split: str, probe: bool) -> Step:
+def lenpen_suffix(lenpen: float) -> str:
+    return "" if lenpen == DEFAULT_LENPEN else f".lenpen{lenpen:g}"
+
+
+def generation_output(variant: str, split: str, probe: bool = False, lenpen: float = DEFAULT_LENPEN) -> str:
+    return f"gen/{variant}/{split}{'.incongruent' if probe else ''}{lenpen_suffix(lenpen)}.txt"
+
+
+def generate_step(budget: Budget, args, variant: Variant, split: str, probe: bool,
+                  lenpen: float = DEFAULT_LENPEN) -> Step:
     v = variant.name
-    output = generation_output(v, split, probe)
+    output = generation_output(v, split, probe, lenpen)
     command = ["fairseq-generate", "{DATA}/bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "-s", args.src,
                "-t", args.tgt, "--bert-model", args.bert_model, *image_flags(variant),
                "--path", f"ckpt/{v}/checkpoint_best.pt", "--gen-subset", split, "--beam", str(budget.test_beam),
                "--max-tokens", str(budget.gen_max_tokens), *GEN_LEN, "--required-batch-size-multiple", "1",
-               "--post-process", "sentencepiece", *budget.device, *(PROBE if probe else [])]
-    return Step(f"generate.{v}.{split}{'.incongruent' if probe else ''}", command, outputs=[output],
-                after=[f"train.{v}"], stdout=output, log=f"logs/generate.{v}.log")
+               "--post-process", "sentencepiece", *budget.device, *(PROBE if probe else []),
+               *([] if lenpen == DEFAULT_LENPEN else ["--lenpen", f"{lenpen:g}"])]
+    return Step(f"generate.{v}.{split}{'.incongruent' if probe else ''}{lenpen_suffix(lenpen)}", command,
+                outputs=[output], after=[f"train.{v}"], stdout=output, log=f"logs/generate.{v}.log")
+
+
+def lenpen_sweep_steps(budget: Budget, args, variant: Variant) -> List[Step]:
+    """valid decoded at each of the budget's other length penalties (the default's is ``generate.V.valid``)."""
+    return [generate_step(budget, args, variant, "valid", False, lenpen)
+            for lenpen in budget.lenpens if lenpen != DEFAULT_LENPEN]
+
+
+def tuned_steps(budget: Budget, args, variant: Variant, lenpen: float) -> List[Step]:
+    """test2016 (and its shuffled-image probe) at the length penalty chosen on valid: none for the default."""
+    if lenpen == DEFAULT_LENPEN:
+        return []
+    probes = (False, True) if variant.images else (False,)
+    return [generate_step(budget, args, variant, PROBE_SPLIT, probe, lenpen) for probe in probes]
 
 
 def mass_step(budget: Budget, args, variant: Variant) -> Step:
@@ -296,11 +321,45 @@ def all_steps(budget: Budget, args) -> Dict[str, Step]:
     steps = {s.name: s for s in (vlp_step(budget, args, "short"), vlp_step(budget, args, "long"))}
     for variant in variants(budget).values():
         steps.update({s.name: s for s in variant_steps(budget, args, variant)})
+        steps.update({s.name: s for s in lenpen_sweep_steps(budget, args, variant)})
     return steps
 
 
 def wanted_steps(budget: Budget, args) -> List[Step]:
-    return order_steps(all_steps(budget, args), [f"prune.{v}" for v in args.variants])
+    known = variants(budget)
+    wanted = [f"prune.{v}" for v in args.variants]
+    wanted += [s.name for v in args.variants for s in lenpen_sweep_steps(budget, args, known[v])]
+    return order_steps(all_steps(budget, args), wanted)
+
+
+def chosen_lenpen(runner: StepRunner, budget: Budget, args, variant: Variant,
+                  current: Dict[str, bool]) -> Optional[dict]:
+    """valid BLEU at each of the budget's length penalties and the best of them (a tie goes to the one nearest
+    fairseq's default), once valid has been decoded at all of them; None before."""
+    sweep = [generate_step(budget, args, variant, "valid", False), *lenpen_sweep_steps(budget, args, variant)]
+    if not all(current.get(step.name) for step in sweep):
+        return None
+    valid = {lenpen: score(args.data, args.tgt, os.path.join(runner.work_dir,
+                                                             generation_output(variant.name, "valid", False, lenpen)),
+                           "valid")["bleu"]
+             for lenpen in budget.lenpens}
+    best = max(budget.lenpens, key=lambda lenpen: (valid[lenpen], -abs(lenpen - DEFAULT_LENPEN)))
+    return {"valid_bleu": {f"{lenpen:g}": bleu for lenpen, bleu in valid.items()}, "chosen": best}
+
+
+def steps_with_tuned(runner: StepRunner, budget: Budget, args) -> List[Step]:
+    """:func:`wanted_steps` and, for each variant whose length-penalty sweep on valid is done, test2016 at the
+    chosen length penalty."""
+    ordered = wanted_steps(budget, args)
+    current = runner.plan(ordered, strict=False)
+    steps = all_steps(budget, args)
+    tuned = []
+    for name in args.variants:
+        choice = chosen_lenpen(runner, budget, args, variants(budget)[name], current)
+        for step in tuned_steps(budget, args, variants(budget)[name], choice["chosen"]) if choice else []:
+            steps[step.name] = step
+            tuned.append(step.name)
+    return order_steps(steps, [step.name for step in ordered] + tuned)
 
 
 # ----------------------------------------------------------------------------- results
@@ -348,11 +407,28 @@ def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, curr
     row["mass"] = {label: mean_mass(result) for label, result in mass.items()}
     row["mass_per_layer"] = {label: result["layers"] for label, result in mass.items()}
     row["valid_curve"] = valid_bleu_per_epoch(os.path.join(work, train_log(variant.name)))  # greedy, per epoch
+    row["lenpen"] = tuned_results(runner, budget, args, variant, current)
     row["train_seconds"] = records[f"train.{variant.name}"]["seconds"]
     row["step_seconds"] = round(sum(r["seconds"] for r in records.values()), 1)
     row["command"] = shell_command(train_step(budget, args, variant))
     row["finished"] = True
     return row
+
+
+def tuned_results(runner: StepRunner, budget: Budget, args, variant: Variant,
+                  current: Dict[str, bool]) -> Optional[dict]:
+    """The length penalty chosen on valid, and test2016 (with its probe) decoded at it; None until all are done."""
+    choice = chosen_lenpen(runner, budget, args, variant, current)
+    if choice is None or not all(current.get(s.name) for s in tuned_steps(budget, args, variant, choice["chosen"])):
+        return None
+    work, v, lenpen = runner.work_dir, variant.name, choice["chosen"]
+    choice[PROBE_SPLIT] = score(args.data, args.tgt,
+                                os.path.join(work, generation_output(v, PROBE_SPLIT, False, lenpen)), PROBE_SPLIT)
+    if variant.images:
+        choice["incongruent"] = score(args.data, args.tgt,
+                                      os.path.join(work, generation_output(v, PROBE_SPLIT, True, lenpen)), PROBE_SPLIT)
+        choice["bleu_lost_incongruent"] = round(choice[PROBE_SPLIT]["bleu"] - choice["incongruent"]["bleu"], 2)
+    return choice
 
 
 #: the row every other row is compared with by paired bootstrap resampling: the text-only BERT-enc
@@ -369,36 +445,54 @@ def tokenized_hypotheses(data: str, tgt: str, output: str, split: str) -> List[s
     return lowercase_normalize_tokenize(read_detokenized_hypotheses(output, count), tgt)
 
 
-def add_significance(rows: List[dict], work: str, args) -> None:
-    """Each finished row's test2016 'BLEU tok' against the reference row's, by paired bootstrap (1,000 resamples):
-    the difference, its 95% interval and p (``vs_reference``); identical outputs get p = 1. Without ``DATA/tok``
-    the raw references are lowercased and tokenized as the hypotheses are."""
+def significance_references(args) -> List[str]:
+    """test2016's tokenized references of 'BLEU tok': ``DATA/tok``, or else the raw ones lowercased and tokenized
+    as the hypotheses are."""
     from vlp_mmt_fairseq.evaluation.bleu import lowercase_normalize_tokenize
     from vlp_mmt_fairseq.evaluation.references import read_lines
-    from vlp_mmt_fairseq.evaluation.significance import paired_bootstrap
 
-    by_name = {row["variant"]: row for row in rows}
-    if not by_name.get(REFERENCE, {}).get("finished"):
-        return
     tok_path = os.path.join(args.data, "tok", f"{PROBE_SPLIT}.{args.tgt}")
     if os.path.exists(tok_path):
-        references = [" ".join(line.split()) for line in read_lines(tok_path)]
-    else:  # no official tokenized references: the raw ones, tokenized as the hypotheses are
-        raw = read_lines(os.path.join(args.data, "raw", f"{PROBE_SPLIT}.{args.tgt}"))
-        references = lowercase_normalize_tokenize(raw, args.tgt)
-    hypotheses = {name: tokenized_hypotheses(args.data, args.tgt,
-                                             os.path.join(work, generation_output(name, PROBE_SPLIT)), PROBE_SPLIT)
-                  for name, row in by_name.items() if row["finished"]}
+        return [" ".join(line.split()) for line in read_lines(tok_path)]
+    raw = read_lines(os.path.join(args.data, "raw", f"{PROBE_SPLIT}.{args.tgt}"))
+    return lowercase_normalize_tokenize(raw, args.tgt)
+
+
+def versus_reference(system: List[str], reference_system: List[str], references: List[str]) -> dict:
+    """Paired bootstrap (1,000 resamples) of two systems' tokenized test2016 outputs: the difference in BLEU, its
+    95% interval and p; identical outputs get p = 1."""
+    from vlp_mmt_fairseq.evaluation.significance import paired_bootstrap
+
+    result = paired_bootstrap(system, reference_system, references)
+    return {"reference": REFERENCE, "delta": round(result.delta, 2), "delta_low": round(result.delta_low, 2),
+            "delta_high": round(result.delta_high, 2), "p_value": round(result.p_value, 4)}
+
+
+def add_significance(rows: List[dict], work: str, args) -> None:
+    """Each finished row's test2016 'BLEU tok' against the reference row's (``vs_reference``); where both have
+    their length penalty tuned on valid, the same at the tuned length penalties (``lenpen.vs_reference``)."""
+    by_name = {row["variant"]: row for row in rows}
+    reference = by_name.get(REFERENCE)
+    if not (reference and reference["finished"]):
+        return
+    references = significance_references(args)
+
+    def hypotheses(name: str, lenpen: float = DEFAULT_LENPEN) -> List[str]:
+        output = os.path.join(work, generation_output(name, PROBE_SPLIT, False, lenpen))
+        return tokenized_hypotheses(args.data, args.tgt, output, PROBE_SPLIT)
+
+    default = hypotheses(REFERENCE)
+    tuned = hypotheses(REFERENCE, reference["lenpen"]["chosen"]) if reference.get("lenpen") else None
     for name, row in by_name.items():
-        if row["finished"] and name != REFERENCE:
-            result = paired_bootstrap(hypotheses[name], hypotheses[REFERENCE], references)
-            row["vs_reference"] = {"reference": REFERENCE, "delta": round(result.delta, 2),
-                                   "delta_low": round(result.delta_low, 2), "delta_high": round(result.delta_high, 2),
-                                   "p_value": round(result.p_value, 4)}
+        if not row["finished"] or name == REFERENCE:
+            continue
+        row["vs_reference"] = versus_reference(hypotheses(name), default, references)
+        if tuned is not None and row.get("lenpen"):
+            row["lenpen"]["vs_reference"] = versus_reference(hypotheses(name, row["lenpen"]["chosen"]), tuned,
+                                                             references)
 
 
-def significance_cell(row: dict) -> str:
-    test = row.get("vs_reference")
+def significance_cell(test: Optional[dict]) -> str:
     if not test:
         return ""
     return f"{test['delta']:+.2f} [{test['delta_low']:+.2f}, {test['delta_high']:+.2f}]" + \
@@ -436,11 +530,27 @@ def table_cells(row: dict) -> List[str]:
         return [row["variant"], row["label"]] + ["not run"] + [""] * (len(COLUMNS) - 3)
     incongruent = row.get("incongruent", {}).get("bleu")
     return [row["variant"], row["label"], fmt(row["valid"]["bleu"]), fmt(row["test2016"]["bleu"]),
-            fmt(row["test2016"]["bleu_tok"]), significance_cell(row), *length_cells(row["test2016"]),
-            fmt(incongruent),
-            fmt(row.get("bleu_lost_incongruent"), 2), curve_cell(row),
+            fmt(row["test2016"]["bleu_tok"]), significance_cell(row.get("vs_reference")),
+            *length_cells(row["test2016"]), fmt(incongruent), fmt(row.get("bleu_lost_incongruent"), 2), curve_cell(row),
             fmt(row["train_seconds"] / 60), fmt(row["step_seconds"] / 60),
             mass_cell(row, "text"), mass_cell(row, "tag"), mass_cell(row, "region")]
+
+
+LENPEN_COLUMNS = ["variant", "valid BLEU per length penalty", "chosen", "test2016 BLEU", "test2016 BLEU tok",
+                  f"tok vs {REFERENCE} (tuned)", "test2016 length ratio", "test2016 BLEU without BP",
+                  "BLEU lost shuffled"]
+
+
+def lenpen_cells(row: dict) -> List[str]:
+    """The row of the second table: the length penalty chosen on valid, and test2016 decoded with it."""
+    tuned = row.get("lenpen")
+    if not tuned:
+        return [row["variant"]] + ["not run" if not row["finished"] else "sweep not run"] + \
+            [""] * (len(LENPEN_COLUMNS) - 2)
+    sweep = " ".join(f"{lenpen}: {bleu:.1f}" for lenpen, bleu in tuned["valid_bleu"].items())
+    return [row["variant"], sweep, f"{tuned['chosen']:g}", fmt(tuned[PROBE_SPLIT]["bleu"]),
+            fmt(tuned[PROBE_SPLIT]["bleu_tok"]), significance_cell(tuned.get("vs_reference")),
+            *length_cells(tuned[PROBE_SPLIT]), fmt(tuned.get("bleu_lost_incongruent"), 2)]
 
 
 def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[str, Optional[float]]) -> str:
@@ -448,7 +558,7 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
     import csv
     import io
 
-    every = wanted_steps(budget, args)
+    every = steps_with_tuned(runner, budget, args)
     current = runner.plan(every, strict=False)
     rows = [variant_row(runner, budget, args, variants(budget)[name], current) for name in args.variants]
     add_significance(rows, runner.work_dir, args)
@@ -469,18 +579,25 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
         "epoch': the greedy validation of each epoch, from which the best checkpoint was chosen. 'length ratio': "
         "the test2016 hypotheses' length over the references' (sacreBLEU's tokens); 'without BP': the BLEU "
         "divided by its brevity penalty, i.e. the geometric mean of the n-gram precisions.",
+        "Length penalty (second table): valid decoded at each --lenpen of "
+        f"{', '.join(f'{x:g}' for x in budget.lenpens)} (beam {budget.test_beam}); test2016 and its shuffled probe "
+        f"decoded again at the one with the best valid BLEU; 'tok vs {REFERENCE} (tuned)' compares with "
+        f"{REFERENCE} at its own tuned length penalty, by the same paired bootstrap.",
         "Rows without the frozen-encoder cache (something before BERT trains): "
         + (", ".join(r["variant"] for r in rows if not r["cache"]) or "none") + ".",
     ]
     lines = [f"## Stage-1 ablation ({args.src}-{args.tgt}, budget '{budget.name}')", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|"]
     lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+    lines += ["", "### With the length penalty tuned on valid", "",
+              "| " + " | ".join(LENPEN_COLUMNS) + " |", "|---|---|" + "---:|" * (len(LENPEN_COLUMNS) - 2)]
+    lines += ["| " + " | ".join(lenpen_cells(row)) + " |" for row in rows]
     lines += [""] + [f"- {note}" for note in notes] + [""]
     markdown = "\n".join(lines)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(COLUMNS)
-    writer.writerows(table_cells(row) for row in rows)
+    writer.writerow(COLUMNS + [f"lenpen: {column}" for column in LENPEN_COLUMNS[1:]])
+    writer.writerows(table_cells(row) + lenpen_cells(row)[1:] for row in rows)
     summary = {"budget": asdict(budget), "src": args.src, "tgt": args.tgt, "data": os.path.abspath(args.data),
                "features": os.path.abspath(args.features) if args.features else None,
                "vlp_seconds": vlp_seconds, "notes": notes, "rows": rows}
@@ -578,11 +695,12 @@ def main(argv=None):
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     runner = StepRunner(work_dir, values, env=env)
     try:
-        ordered = wanted_steps(budget, args)
+        ordered = steps_with_tuned(runner, budget, args)
         if args.dry_run:
             reused = runner.plan(ordered, strict=False)
             for step in ordered:
                 print(f"# {step.name} [{'done' if reused[step.name] else 'to run'}]\n{shell_command(step)}")
+            print("then, for each variant whose valid sweep is new: test2016 at the length penalty best on valid")
             return
         if not args.tables_only:
             by_name = {s.name: s for s in ordered}
@@ -592,6 +710,10 @@ def main(argv=None):
                 runner.forget(by_name[name])
             print(f"{len(ordered)} steps in {runner.work_dir} (budget '{budget.name}', {args.src}-{args.tgt})")
             runner.run(ordered)
+            tuned = steps_with_tuned(runner, budget, args)  # the sweeps on valid that ran just now choose theirs
+            if not all(runner.plan(tuned, strict=False).values()):
+                print(f"{len(tuned)} steps with test2016 at the length penalties chosen on valid")
+                runner.run(tuned)
         vlp_seconds = {}
         for which in ("short", "long"):
             record = runner.record(vlp_step(budget, args, which))
