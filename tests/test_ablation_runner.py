@@ -74,6 +74,14 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
             assert (work / "gen" / name / "test2016.lenpen2.txt").exists()
             tuned_steps += 2 if name == "base" else 1
     assert "vs_reference" in rows["base"]["lenpen"] and "vs_reference" not in rows["text_plain"]["lenpen"]
+    # every row again from its last epoch: the same model, so the same output, where the best is the last epoch
+    for row in rows.values():
+        last = row["last"]
+        assert last["last_epoch"] == 2 and last["best_epoch"] in (1, 2)
+        if last["best_epoch"] == 2:
+            assert last["test2016"] == row["test2016"] and last["valid"] == row["valid"]
+    assert "incongruent" in rows["base"]["last"] and "vs_reference" in rows["base"]["last"]
+    assert "### Every row at its last epoch" in table
     assert "### With the length penalty tuned on valid" in table and "1: " in table
 
     again = ablate(toy_data, toy_corpus, tiny_bert_dir, work)
@@ -117,6 +125,7 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
                      "generate.base.valid.lenpen3"]  # lenpen 1 is generate.base.valid itself
     assert "--lenpen 2 " in commands["generate.base.valid.lenpen2"]
     assert "--lenpen" not in commands["generate.base.valid"]
+    assert "ckpt/base/checkpoint_last.pt" in commands["generate.base.test2016.incongruent.last"]
     assert "generate.base.test2016.incongruent" in commands and "generate.text_plain.test2016.incongruent" \
         not in commands
     assert not (tmp_path / "w" / "state").exists()

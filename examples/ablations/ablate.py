@@ -245,25 +245,29 @@ def train_step(budget: Budget, args, variant: Variant) -> Step:
 DEFAULT_LENPEN = 1.0
 
 
-def lenpen_suffix(lenpen: float) -> str:
-    return "" if lenpen == DEFAULT_LENPEN else f".lenpen{lenpen:g}"
+def generation_suffix(probe: bool = False, lenpen: float = DEFAULT_LENPEN, checkpoint: str = "best") -> str:
+    """What a generation step's name and output add for the probe, a length penalty and a checkpoint other than
+    the best (``last``)."""
+    return f"{'.incongruent' if probe else ''}{'' if lenpen == DEFAULT_LENPEN else f'.lenpen{lenpen:g}'}" \
+        f"{'' if checkpoint == 'best' else '.' + checkpoint}"
 
 
-def generation_output(variant: str, split: str, probe: bool = False, lenpen: float = DEFAULT_LENPEN) -> str:
-    return f"gen/{variant}/{split}{'.incongruent' if probe else ''}{lenpen_suffix(lenpen)}.txt"
+def generation_output(variant: str, split: str, probe: bool = False, lenpen: float = DEFAULT_LENPEN,
+                      checkpoint: str = "best") -> str:
+    return f"gen/{variant}/{split}{generation_suffix(probe, lenpen, checkpoint)}.txt"
 
 
 def generate_step(budget: Budget, args, variant: Variant, split: str, probe: bool,
-                  lenpen: float = DEFAULT_LENPEN) -> Step:
+                  lenpen: float = DEFAULT_LENPEN, checkpoint: str = "best") -> Step:
     v = variant.name
-    output = generation_output(v, split, probe, lenpen)
+    output = generation_output(v, split, probe, lenpen, checkpoint)
     command = ["fairseq-generate", "{DATA}/bert", "--user-dir", USER_DIR, "--task", "vlp_mmt", "-s", args.src,
                "-t", args.tgt, "--bert-model", args.bert_model, *image_flags(variant),
-               "--path", f"ckpt/{v}/checkpoint_best.pt", "--gen-subset", split, "--beam", str(budget.test_beam),
+               "--path", f"ckpt/{v}/checkpoint_{checkpoint}.pt", "--gen-subset", split, "--beam", str(budget.test_beam),
                "--max-tokens", str(budget.gen_max_tokens), *GEN_LEN, "--required-batch-size-multiple", "1",
                "--post-process", "sentencepiece", *budget.device, *(PROBE if probe else []),
                *([] if lenpen == DEFAULT_LENPEN else ["--lenpen", f"{lenpen:g}"])]
-    return Step(f"generate.{v}.{split}{'.incongruent' if probe else ''}{lenpen_suffix(lenpen)}", command,
+    return Step(f"generate.{v}.{split}{generation_suffix(probe, lenpen, checkpoint)}", command,
                 outputs=[output], after=[f"train.{v}"], stdout=output, log=f"logs/generate.{v}.log")
 
 
@@ -271,6 +275,13 @@ def lenpen_sweep_steps(budget: Budget, args, variant: Variant) -> List[Step]:
     """valid decoded at each of the budget's other length penalties (the default's is ``generate.V.valid``)."""
     return [generate_step(budget, args, variant, "valid", False, lenpen)
             for lenpen in budget.lenpens if lenpen != DEFAULT_LENPEN]
+
+
+def last_epoch_steps(budget: Budget, args, variant: Variant) -> List[Step]:
+    """valid, test2016 and its probe decoded from the last epoch's checkpoint: every row at the same epoch."""
+    probes = (False, True) if variant.images else (False,)
+    return [generate_step(budget, args, variant, split, probe, checkpoint="last")
+            for split in EVAL_SPLITS for probe in probes if split == PROBE_SPLIT or not probe]
 
 
 def tuned_steps(budget: Budget, args, variant: Variant, lenpen: float) -> List[Step]:
@@ -322,6 +333,7 @@ def all_steps(budget: Budget, args) -> Dict[str, Step]:
     for variant in variants(budget).values():
         steps.update({s.name: s for s in variant_steps(budget, args, variant)})
         steps.update({s.name: s for s in lenpen_sweep_steps(budget, args, variant)})
+        steps.update({s.name: s for s in last_epoch_steps(budget, args, variant)})
     return steps
 
 
@@ -329,6 +341,7 @@ def wanted_steps(budget: Budget, args) -> List[Step]:
     known = variants(budget)
     wanted = [f"prune.{v}" for v in args.variants]
     wanted += [s.name for v in args.variants for s in lenpen_sweep_steps(budget, args, known[v])]
+    wanted += [s.name for v in args.variants for s in last_epoch_steps(budget, args, known[v])]
     return order_steps(all_steps(budget, args), wanted)
 
 
@@ -408,6 +421,7 @@ def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, curr
     row["mass_per_layer"] = {label: result["layers"] for label, result in mass.items()}
     row["valid_curve"] = valid_bleu_per_epoch(os.path.join(work, train_log(variant.name)))  # greedy, per epoch
     row["lenpen"] = tuned_results(runner, budget, args, variant, current)
+    row["last"] = last_epoch_results(runner, budget, args, variant, current, row["valid_curve"])
     row["train_seconds"] = records[f"train.{variant.name}"]["seconds"]
     row["step_seconds"] = round(sum(r["seconds"] for r in records.values()), 1)
     row["command"] = shell_command(train_step(budget, args, variant))
@@ -421,14 +435,34 @@ def tuned_results(runner: StepRunner, budget: Budget, args, variant: Variant,
     choice = chosen_lenpen(runner, budget, args, variant, current)
     if choice is None or not all(current.get(s.name) for s in tuned_steps(budget, args, variant, choice["chosen"])):
         return None
-    work, v, lenpen = runner.work_dir, variant.name, choice["chosen"]
-    choice[PROBE_SPLIT] = score(args.data, args.tgt,
-                                os.path.join(work, generation_output(v, PROBE_SPLIT, False, lenpen)), PROBE_SPLIT)
+    return dict(choice, **test_results(runner.work_dir, args, variant, lenpen=choice["chosen"]))
+
+
+def last_epoch_results(runner: StepRunner, budget: Budget, args, variant: Variant, current: Dict[str, bool],
+                       valid_curve: Dict[str, float]) -> Optional[dict]:
+    """valid, test2016 and its probe from the last epoch's checkpoint, and the epoch the best checkpoint is from
+    (the first epoch with the best greedy valid BLEU, as fairseq keeps it); None until all are decoded."""
+    if not all(current.get(s.name) for s in last_epoch_steps(budget, args, variant)):
+        return None
+    valid_output = os.path.join(runner.work_dir, generation_output(variant.name, "valid", checkpoint="last"))
+    epochs = {int(epoch): bleu for epoch, bleu in valid_curve.items()}
+    return {"best_epoch": max(epochs, key=lambda epoch: (epochs[epoch], -epoch)) if epochs else None,
+            "last_epoch": max(epochs) if epochs else None,
+            "valid": score(args.data, args.tgt, valid_output, "valid"),
+            **test_results(runner.work_dir, args, variant, checkpoint="last")}
+
+
+def test_results(work: str, args, variant: Variant, lenpen: float = DEFAULT_LENPEN, checkpoint: str = "best") -> dict:
+    """test2016 scored, and with images its shuffled probe and the BLEU that shuffling loses."""
+    def scored(probe: bool) -> dict:
+        output = os.path.join(work, generation_output(variant.name, PROBE_SPLIT, probe, lenpen, checkpoint))
+        return score(args.data, args.tgt, output, PROBE_SPLIT)
+
+    result = {PROBE_SPLIT: scored(False)}
     if variant.images:
-        choice["incongruent"] = score(args.data, args.tgt,
-                                      os.path.join(work, generation_output(v, PROBE_SPLIT, True, lenpen)), PROBE_SPLIT)
-        choice["bleu_lost_incongruent"] = round(choice[PROBE_SPLIT]["bleu"] - choice["incongruent"]["bleu"], 2)
-    return choice
+        result["incongruent"] = scored(True)
+        result["bleu_lost_incongruent"] = round(result[PROBE_SPLIT]["bleu"] - result["incongruent"]["bleu"], 2)
+    return result
 
 
 #: the row every other row is compared with by paired bootstrap resampling: the text-only BERT-enc
@@ -470,19 +504,21 @@ def versus_reference(system: List[str], reference_system: List[str], references:
 
 def add_significance(rows: List[dict], work: str, args) -> None:
     """Each finished row's test2016 'BLEU tok' against the reference row's (``vs_reference``); where both have
-    their length penalty tuned on valid, the same at the tuned length penalties (``lenpen.vs_reference``)."""
+    their length penalty tuned on valid, the same at the tuned length penalties (``lenpen.vs_reference``), and
+    where both were decoded from their last epoch, the same at the last epoch (``last.vs_reference``)."""
     by_name = {row["variant"]: row for row in rows}
     reference = by_name.get(REFERENCE)
     if not (reference and reference["finished"]):
         return
     references = significance_references(args)
 
-    def hypotheses(name: str, lenpen: float = DEFAULT_LENPEN) -> List[str]:
-        output = os.path.join(work, generation_output(name, PROBE_SPLIT, False, lenpen))
+    def hypotheses(name: str, lenpen: float = DEFAULT_LENPEN, checkpoint: str = "best") -> List[str]:
+        output = os.path.join(work, generation_output(name, PROBE_SPLIT, False, lenpen, checkpoint))
         return tokenized_hypotheses(args.data, args.tgt, output, PROBE_SPLIT)
 
     default = hypotheses(REFERENCE)
     tuned = hypotheses(REFERENCE, reference["lenpen"]["chosen"]) if reference.get("lenpen") else None
+    last = hypotheses(REFERENCE, checkpoint="last") if reference.get("last") else None
     for name, row in by_name.items():
         if not row["finished"] or name == REFERENCE:
             continue
@@ -490,6 +526,8 @@ def add_significance(rows: List[dict], work: str, args) -> None:
         if tuned is not None and row.get("lenpen"):
             row["lenpen"]["vs_reference"] = versus_reference(hypotheses(name, row["lenpen"]["chosen"]), tuned,
                                                              references)
+        if last is not None and row.get("last"):
+            row["last"]["vs_reference"] = versus_reference(hypotheses(name, checkpoint="last"), last, references)
 
 
 def significance_cell(test: Optional[dict]) -> str:
@@ -541,6 +579,21 @@ LENPEN_COLUMNS = ["variant", "valid BLEU per length penalty", "chosen", "test201
                   "BLEU lost shuffled"]
 
 
+LAST_COLUMNS = ["variant", "best checkpoint's epoch", "valid BLEU", "test2016 BLEU", "test2016 BLEU tok",
+                f"tok vs {REFERENCE} (last)", "test2016 length ratio", "test2016 BLEU without BP", "BLEU lost shuffled"]
+
+
+def last_cells(row: dict) -> List[str]:
+    """The row of the third table: every variant decoded from its last epoch's checkpoint."""
+    last = row.get("last")
+    if not last:
+        return [row["variant"]] + ["not run" if not row["finished"] else "not decoded"] + [""] * (len(LAST_COLUMNS) - 2)
+    return [row["variant"], f"{last['best_epoch']} of {last['last_epoch']}", fmt(last["valid"]["bleu"]),
+            fmt(last[PROBE_SPLIT]["bleu"]), fmt(last[PROBE_SPLIT]["bleu_tok"]),
+            significance_cell(last.get("vs_reference")), *length_cells(last[PROBE_SPLIT]),
+            fmt(last.get("bleu_lost_incongruent"), 2)]
+
+
 def lenpen_cells(row: dict) -> List[str]:
     """The row of the second table: the length penalty chosen on valid, and test2016 decoded with it."""
     tuned = row.get("lenpen")
@@ -583,6 +636,9 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
         f"{', '.join(f'{x:g}' for x in budget.lenpens)} (beam {budget.test_beam}); test2016 and its shuffled probe "
         f"decoded again at the one with the best valid BLEU; 'tok vs {REFERENCE} (tuned)' compares with "
         f"{REFERENCE} at its own tuned length penalty, by the same paired bootstrap.",
+        "Last epoch (third table): valid, test2016 and its probe decoded from checkpoint_last.pt (beam "
+        f"{budget.test_beam}, --lenpen 1), so that every row is compared after the same number of updates; "
+        "'best checkpoint's epoch': the epoch the first table's checkpoint_best.pt is from (its greedy valid BLEU).",
         "Rows without the frozen-encoder cache (something before BERT trains): "
         + (", ".join(r["variant"] for r in rows if not r["cache"]) or "none") + ".",
     ]
@@ -592,12 +648,16 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
     lines += ["", "### With the length penalty tuned on valid", "",
               "| " + " | ".join(LENPEN_COLUMNS) + " |", "|---|---|" + "---:|" * (len(LENPEN_COLUMNS) - 2)]
     lines += ["| " + " | ".join(lenpen_cells(row)) + " |" for row in rows]
+    lines += ["", "### Every row at its last epoch (checkpoint_last.pt, fairseq's default length penalty)", "",
+              "| " + " | ".join(LAST_COLUMNS) + " |", "|---|" + "---:|" * (len(LAST_COLUMNS) - 1)]
+    lines += ["| " + " | ".join(last_cells(row)) + " |" for row in rows]
     lines += [""] + [f"- {note}" for note in notes] + [""]
     markdown = "\n".join(lines)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(COLUMNS + [f"lenpen: {column}" for column in LENPEN_COLUMNS[1:]])
-    writer.writerows(table_cells(row) + lenpen_cells(row)[1:] for row in rows)
+    writer.writerow(COLUMNS + [f"lenpen: {column}" for column in LENPEN_COLUMNS[1:]]
+                    + [f"last: {column}" for column in LAST_COLUMNS[1:]])
+    writer.writerows(table_cells(row) + lenpen_cells(row)[1:] + last_cells(row)[1:] for row in rows)
     summary = {"budget": asdict(budget), "src": args.src, "tgt": args.tgt, "data": os.path.abspath(args.data),
                "features": os.path.abspath(args.features) if args.features else None,
                "vlp_seconds": vlp_seconds, "notes": notes, "rows": rows}
