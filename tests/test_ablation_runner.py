@@ -120,7 +120,7 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     assert all(("--cross-attention gated" if name in gated else "--cross-attention joint") in command
                for name, command in trains.items() if "--no-images" not in command)
     assert "--shuffle-images-seed 1" in trains["late_novlp_regions_noise"]
-    sweep = sorted(name for name in commands if name.startswith("generate.base.valid."))
+    sweep = sorted(name for name in commands if name.startswith("generate.base.valid.lenpen"))
     assert sweep == ["generate.base.valid.lenpen0.5", "generate.base.valid.lenpen1.5", "generate.base.valid.lenpen2",
                      "generate.base.valid.lenpen3"]  # lenpen 1 is generate.base.valid itself
     assert "--lenpen 2 " in commands["generate.base.valid.lenpen2"]
