@@ -279,9 +279,10 @@ def lenpen_sweep_steps(budget: Budget, args, variant: Variant) -> List[Step]:
 
 def last_epoch_steps(budget: Budget, args, variant: Variant) -> List[Step]:
     """valid, test2016 and its probe decoded from the last epoch's checkpoint: every row at the same epoch."""
-    probes = (False, True) if variant.images else (False,)
-    return [generate_step(budget, args, variant, split, probe, checkpoint="last")
-            for split in EVAL_SPLITS for probe in probes if split == PROBE_SPLIT or not probe]
+    steps = [generate_step(budget, args, variant, split, False, checkpoint="last") for split in EVAL_SPLITS]
+    if variant.images:
+        steps.append(generate_step(budget, args, variant, PROBE_SPLIT, True, checkpoint="last"))
+    return steps
 
 
 def tuned_steps(budget: Budget, args, variant: Variant, lenpen: float) -> List[Step]:
@@ -360,19 +361,20 @@ def chosen_lenpen(runner: StepRunner, budget: Budget, args, variant: Variant,
     return {"valid_bleu": {f"{lenpen:g}": bleu for lenpen, bleu in valid.items()}, "chosen": best}
 
 
-def steps_with_tuned(runner: StepRunner, budget: Budget, args) -> List[Step]:
+def steps_with_tuned(runner: StepRunner, budget: Budget, args) -> Tuple[List[Step], Dict[str, Optional[dict]]]:
     """:func:`wanted_steps` and, for each variant whose length-penalty sweep on valid is done, test2016 at the
-    chosen length penalty."""
+    chosen length penalty; with each variant's :func:`chosen_lenpen`."""
+    known = variants(budget)
     ordered = wanted_steps(budget, args)
     current = runner.plan(ordered, strict=False)
     steps = all_steps(budget, args)
+    choices = {name: chosen_lenpen(runner, budget, args, known[name], current) for name in args.variants}
     tuned = []
-    for name in args.variants:
-        choice = chosen_lenpen(runner, budget, args, variants(budget)[name], current)
-        for step in tuned_steps(budget, args, variants(budget)[name], choice["chosen"]) if choice else []:
+    for name, choice in choices.items():
+        for step in tuned_steps(budget, args, known[name], choice["chosen"]) if choice else []:
             steps[step.name] = step
             tuned.append(step.name)
-    return order_steps(steps, [step.name for step in ordered] + tuned)
+    return order_steps(steps, [step.name for step in ordered] + tuned), choices
 
 
 # ----------------------------------------------------------------------------- results
@@ -402,7 +404,8 @@ def mean_mass(result: dict) -> Dict[str, float]:
             for kind in ("text", "tag", "region", "special")}
 
 
-def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, current: Dict[str, bool]) -> dict:
+def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, current: Dict[str, bool],
+                choice: Optional[dict]) -> dict:
     steps = variant_steps(budget, args, variant)
     records = {s.name: runner.record(s) if current.get(s.name) else None for s in steps}
     row = {"variant": variant.name, "label": variant.label, "cache": variant.cacheable, "finished": False}
@@ -420,7 +423,7 @@ def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, curr
     row["mass"] = {label: mean_mass(result) for label, result in mass.items()}
     row["mass_per_layer"] = {label: result["layers"] for label, result in mass.items()}
     row["valid_curve"] = valid_bleu_per_epoch(os.path.join(work, train_log(variant.name)))  # greedy, per epoch
-    row["lenpen"] = tuned_results(runner, budget, args, variant, current)
+    row["lenpen"] = tuned_results(runner, budget, args, variant, current, choice)
     row["last"] = last_epoch_results(runner, budget, args, variant, current, row["valid_curve"])
     row["train_seconds"] = records[f"train.{variant.name}"]["seconds"]
     row["step_seconds"] = round(sum(r["seconds"] for r in records.values()), 1)
@@ -429,10 +432,9 @@ def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, curr
     return row
 
 
-def tuned_results(runner: StepRunner, budget: Budget, args, variant: Variant,
-                  current: Dict[str, bool]) -> Optional[dict]:
-    """The length penalty chosen on valid, and test2016 (with its probe) decoded at it; None until all are done."""
-    choice = chosen_lenpen(runner, budget, args, variant, current)
+def tuned_results(runner: StepRunner, budget: Budget, args, variant: Variant, current: Dict[str, bool],
+                  choice: Optional[dict]) -> Optional[dict]:
+    """``choice`` (:func:`chosen_lenpen`) and test2016 (with its probe) decoded at it; None until all are done."""
     if choice is None or not all(current.get(s.name) for s in tuned_steps(budget, args, variant, choice["chosen"])):
         return None
     return dict(choice, **test_results(runner.work_dir, args, variant, lenpen=choice["chosen"]))
@@ -611,9 +613,10 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
     import csv
     import io
 
-    every = steps_with_tuned(runner, budget, args)
+    every, choices = steps_with_tuned(runner, budget, args)
     current = runner.plan(every, strict=False)
-    rows = [variant_row(runner, budget, args, variants(budget)[name], current) for name in args.variants]
+    rows = [variant_row(runner, budget, args, variants(budget)[name], current, choices[name])
+            for name in args.variants]
     add_significance(rows, runner.work_dir, args)
     out = os.path.join(runner.work_dir, "results")
     os.makedirs(out, exist_ok=True)
@@ -755,7 +758,7 @@ def main(argv=None):
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     runner = StepRunner(work_dir, values, env=env)
     try:
-        ordered = steps_with_tuned(runner, budget, args)
+        ordered, _ = steps_with_tuned(runner, budget, args)
         if args.dry_run:
             reused = runner.plan(ordered, strict=False)
             for step in ordered:
@@ -770,7 +773,7 @@ def main(argv=None):
                 runner.forget(by_name[name])
             print(f"{len(ordered)} steps in {runner.work_dir} (budget '{budget.name}', {args.src}-{args.tgt})")
             runner.run(ordered)
-            tuned = steps_with_tuned(runner, budget, args)  # the sweeps on valid that ran just now choose theirs
+            tuned, _ = steps_with_tuned(runner, budget, args)  # the sweeps on valid that ran just now choose theirs
             if not all(runner.plan(tuned, strict=False).values()):
                 print(f"{len(tuned)} steps with test2016 at the length penalties chosen on valid")
                 runner.run(tuned)
