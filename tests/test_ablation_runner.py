@@ -1,5 +1,6 @@
 """examples/ablations/ablate.py: the tiny budget end to end on the toy corpus, for two variants (the text-only
-BERT-enc and today's stage 1 from a short VLP run), then resumed without running anything again."""
+BERT-enc and the chosen recipe: the regions after BERT, behind the closed gate), two steps side by side, then
+resumed without running anything again; and the plan of every variant of the `cpu` budget."""
 import json
 import subprocess
 import sys
@@ -9,12 +10,13 @@ import pytest
 from utils import REPO_ROOT, cli_env
 
 ABLATE = REPO_ROOT / "examples" / "ablations" / "ablate.py"
+GATED = "late_novlp_regions_gated"  # the row of the chosen defaults
 
 
 def ablate(toy_data, toy_corpus, tiny_bert_dir, work, *extra):
     return subprocess.run([sys.executable, str(ABLATE), "--data", str(toy_data), "--features",
                            str(toy_corpus / "features.h5"), "--bert-model", str(tiny_bert_dir), "--budget", "tiny",
-                           "--work-dir", str(work), "--threads", "1", "--variants", "text_plain", "base",
+                           "--work-dir", str(work), "--threads", "1", "--jobs", "2", "--variants", "text_plain", GATED,
                            *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
 
 
@@ -24,15 +26,14 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
     dry = ablate(toy_data, toy_corpus, tiny_bert_dir, work, "--dry-run")
     assert dry.returncode == 0, dry.stdout
     planned = [line.split()[1] for line in dry.stdout.splitlines() if line.startswith("# ")]
-    assert planned[:1] == ["train.text_plain"]
-    assert "train.pretrain_short" in planned and "train.pretrain_long" not in planned
+    assert planned[:1] == ["train.text_plain"] and not any(name.startswith("train.pretrain") for name in planned)
     assert not work.exists() or not (work / "state").exists()  # a dry run runs nothing
 
     run = ablate(toy_data, toy_corpus, tiny_bert_dir, work)
     assert run.returncode == 0, run.stdout[-6000:]
     summary = json.loads((work / "results" / "ablation.json").read_text())
     rows = {row["variant"]: row for row in summary["rows"]}
-    assert list(rows) == ["text_plain", "base"] and all(row["finished"] for row in rows.values())
+    assert list(rows) == ["text_plain", GATED] and all(row["finished"] for row in rows.values())
     for row in rows.values():
         for split in ("valid", "test2016"):
             assert 0 <= row[split]["bleu"] <= 100
@@ -41,25 +42,27 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
         for label in ("first", "last"):
             for layer in row["mass_per_layer"][label]:
                 assert sum(layer.values()) == pytest.approx(1.0, abs=1e-4)
-    assert "incongruent" not in rows["text_plain"] and "incongruent" in rows["base"]
-    assert sorted(rows["base"]["valid_curve"]) == ["1", "2"]  # the greedy validation of each epoch (JSON keys)
-    test = rows["base"]["vs_reference"]  # paired bootstrap against the text-only BERT-enc, on test2016 'BLEU tok'
+    first, second = (json.loads((work / "state" / f"train.{name}.json").read_text()) for name in rows)
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]  # --jobs 2
+    assert "incongruent" not in rows["text_plain"] and "incongruent" in rows[GATED]
+    assert sorted(rows[GATED]["valid_curve"]) == ["1", "2"]  # the greedy validation of each epoch (JSON keys)
+    test = rows[GATED]["vs_reference"]  # paired bootstrap against the text-only BERT-enc, on test2016 'BLEU tok'
     assert "vs_reference" not in rows["text_plain"] and 0 <= test["p_value"] <= 1
     assert test["delta_low"] - 0.01 <= test["delta"] <= test["delta_high"] + 0.01
-    assert rows["base"]["bleu_lost_incongruent"] == pytest.approx(
-        rows["base"]["test2016"]["bleu"] - rows["base"]["incongruent"]["bleu"], abs=0.011)
+    assert rows[GATED]["bleu_lost_incongruent"] == pytest.approx(
+        rows[GATED]["test2016"]["bleu"] - rows[GATED]["incongruent"]["bleu"], abs=0.011)
     text_mass = rows["text_plain"]["mass"]["last"]
     assert text_mass["region"] == 0 and text_mass["tag"] == 0 and text_mass["text"] > 0
-    assert rows["base"]["mass"]["last"]["region"] > 0 and rows["base"]["mass"]["last"]["tag"] > 0
+    assert rows[GATED]["mass"]["last"]["region"] > 0 and rows[GATED]["mass"]["last"]["tag"] == 0  # --no-tags
     table = (work / "results" / "ablation.md").read_text()
-    assert "| text_plain |" in table and "| base |" in table
+    assert "| text_plain |" in table and f"| {GATED} |" in table
     assert (work / "results" / "ablation.csv").read_text().count("\n") == 3
     assert (work / "results" / "attention_mass.png").read_bytes()[:4] == b"\x89PNG"
-    assert (work / "mass" / "base.png").exists()
+    assert (work / "mass" / f"{GATED}.png").exists()
     # pruned: the first, best and last checkpoints stay, the other epochs and the encoder cache go
-    kept = sorted(p.name for p in (work / "ckpt" / "base").glob("*.pt"))
+    kept = sorted(p.name for p in (work / "ckpt" / GATED).glob("*.pt"))
     assert kept == ["checkpoint1.pt", "checkpoint_best.pt", "checkpoint_last.pt"]
-    assert not (work / "cache" / "base").exists()
+    assert not (work / "cache" / GATED).exists()
 
     # the length penalty: valid decoded at each of the budget's (1 and 2), test2016 again at the better one
     tuned_steps = 0
@@ -72,15 +75,15 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
             assert tuned["test2016"] == row["test2016"]
         else:
             assert (work / "gen" / name / "test2016.lenpen2.txt").exists()
-            tuned_steps += 2 if name == "base" else 1
-    assert "vs_reference" in rows["base"]["lenpen"] and "vs_reference" not in rows["text_plain"]["lenpen"]
+            tuned_steps += 2 if name == GATED else 1
+    assert "vs_reference" in rows[GATED]["lenpen"] and "vs_reference" not in rows["text_plain"]["lenpen"]
     # every row again from its last epoch: the same model, so the same output, where the best is the last epoch
     for row in rows.values():
         last = row["last"]
         assert last["last_epoch"] == 2 and last["best_epoch"] in (1, 2)
         if last["best_epoch"] == 2:
             assert last["test2016"] == row["test2016"] and last["valid"] == row["valid"]
-    assert "incongruent" in rows["base"]["last"] and "vs_reference" in rows["base"]["last"]
+    assert "incongruent" in rows[GATED]["last"] and "vs_reference" in rows[GATED]["last"]
     assert "### Every row at its last epoch" in table
     assert "### With the length penalty tuned on valid" in table and "1: " in table
 
@@ -107,6 +110,8 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     uncached = {name for name, command in trains.items() if "--cache-frozen-encoder" not in command}
     assert uncached == {"vlp_none", "ffn_trained", "emb_type"}
     assert "--load-vlp" not in trains["text_plain"] and "--load-vlp" not in trains["vlp_none"]
+    assert "pretrain_short" in trains["base"].split("--load-vlp ")[1].split()[0]
+    assert "train.pretrain_short" in commands and "train.pretrain_long" in commands
     assert "--train-visual-projection" in trains["ffn_trained"] and "--no-regions" in trains["tags_only"]
     assert "--decoder-memory text" in trains["decoder_text"] and "--max-regions 1" in trains["regions_1"]
     # Eq. 1 stated on every multimodal row but the late ones, which put the regions after BERT

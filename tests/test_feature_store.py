@@ -1,5 +1,6 @@
 """FeatureStore / FeatureStoreWriter: clear errors for bad stores, atomic writes, bounded memory."""
 import os
+import pickle
 import re
 
 import h5py
@@ -188,6 +189,25 @@ def test_reading_does_not_load_the_store(tmp_path):
     assert large_growth < small_growth + 16 * mib, (
         f"RSS grew by {large_growth / mib:.1f} MiB with {large} images, {small_growth / mib:.1f} MiB with {small}"
     )
+
+
+def test_memory_holds_the_images_read_up_to_its_budget(tmp_path):
+    keys = [f"k{i}" for i in range(6)]
+    path = str(write_store(tmp_path / "s.h5", keys=keys))
+    plain = FeatureStore(path, max_regions=3)  # memory_mb=0: every read from the file
+    image = plain.get("k0")
+    assert plain.get("k0") is not image
+    size = image.features.nbytes + image.boxes.nbytes + image.tag_scores.nbytes
+    store = FeatureStore(path, max_regions=3, memory_mb=2.5 * size / 2**20)  # room for two images
+    first = [store.get(key) for key in keys]
+    assert [store.get(key) is item for key, item in zip(keys, first)] == [True, True, False, False, False, False]
+    for key, item in zip(keys, first):
+        np.testing.assert_array_equal(item.features, plain.get(key).features)
+        np.testing.assert_array_equal(item.boxes, plain.get(key).boxes)
+    tags_only = store.get("k0", tags_only=True)  # from memory, as a read of the tags alone gives it
+    assert tags_only.features.shape == (0, 8) and tags_only.boxes.shape == (0, 4)
+    assert (tags_only.tags, tags_only.width) == (plain.get("k0", tags_only=True).tags, 640)
+    assert pickle.loads(pickle.dumps(store))._held == {}  # a DataLoader worker holds its own
 
 
 # --------------------------------------------------------------------------- boxes

@@ -103,6 +103,43 @@ def test_runner_refuses_a_step_recorded_with_another_command(tmp_path):
     assert calls(work) == ["first", "first"]
 
 
+MEET = (  # finishes only if the other step of the pair is running at the same time
+    "import sys, time, pathlib; me, other = sys.argv[1:3]; pathlib.Path(me + '.started').write_text(''); "
+    "deadline = time.time() + 30\n"
+    "while not pathlib.Path(other + '.started').exists():\n"
+    "    assert time.time() < deadline, 'ran alone'; time.sleep(0.05)\n"
+    "sys.exit(4 if me == 'bad' else 0) if len(sys.argv) > 3 else pathlib.Path(me + '.txt').write_text(me)"
+)
+
+
+def pair_steps(fail=False):
+    second = ["bad", "a", "fail"] if fail else ["b", "a"]
+    return [
+        Step("a", ["{PYTHON}", "-c", MEET, "a", second[0]], outputs=["a.txt"]),
+        Step(second[0], ["{PYTHON}", "-c", MEET, *second], outputs=[f"{second[0]}.txt"], log=f"{second[0]}.log"),
+        Step("both", ["{PYTHON}", "-c", COUNT_AND_WRITE, "both", "both.txt"], outputs=["both.txt"],
+             after=["a", second[0]]),
+    ]
+
+
+def test_two_jobs_run_independent_steps_side_by_side_and_dependents_after_them(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = StepRunner(str(work), {"PYTHON": sys.executable}, echo=lambda *_: None)
+    records = runner.run(pair_steps(), jobs=2)
+    assert sorted(records) == ["a", "b", "both"] and calls(work) == ["both"]
+    assert records["both"]["started_at"] >= max(records["a"]["finished_at"], records["b"]["finished_at"])
+    assert runner.run(pair_steps(), jobs=2).keys() == records.keys() and calls(work) == ["both"]  # reused
+
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    runner = StepRunner(str(failing), {"PYTHON": sys.executable}, echo=lambda *_: None)
+    with pytest.raises(StepError, match="step 'bad' failed with exit code 4"):
+        runner.run(pair_steps(fail=True), jobs=2)
+    assert (failing / "state" / "a.json").exists()  # the step beside the failed one finished and counts
+    assert not (failing / "state" / "bad.json").exists() and not (failing / "calls.txt").exists()
+
+
 # ----------------------------------------------------------------------------- tables and plot
 
 TEST_SPLITS = {"test2016": "test_2016_flickr", "test2017": "test_2017_flickr", "mscoco": "test_2017_mscoco"}

@@ -12,6 +12,9 @@ run again, unless a step it needs runs (again) or ran after it started: then it 
 unfinished step (no record) is run again with the same command, which for ``fairseq-train`` means
 resuming from the ``checkpoint_last.pt`` of its save directory. A step recorded with another
 command (the recipe or the budget changed) is an error rather than a silent reuse.
+
+``run(steps, jobs=2)`` runs two steps side by side whenever neither needs the other (one torch thread each on
+two cores, say); ``jobs=1`` runs them one after the other, in order.
 """
 import json
 import os
@@ -21,7 +24,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional
 
@@ -130,6 +135,8 @@ class StepRunner:
         self.env = env
         self.echo = echo
         self.state_dir = os.path.join(self.work_dir, "state")
+        self._processes = set()  # the commands running now
+        self._lock = threading.Lock()
 
     def state_path(self, step: Step) -> str:
         return os.path.join(self.state_dir, f"{step.name}.json")
@@ -180,20 +187,60 @@ class StepRunner:
             elif os.path.exists(target):
                 os.remove(target)
 
-    def run(self, steps: List[Step]) -> Dict[str, dict]:
-        """Run every unfinished step of ``steps`` in order; return the records of all of them."""
-        finished = {}
-        for number, step in enumerate(steps, 1):
-            if self.is_done(step, finished):
-                self.echo(f"[{number}/{len(steps)}] {step.name}: done before, reused")
-            else:
-                if self.record(step) is not None:  # made before from inputs that changed since: start over
-                    self.echo(f"[{number}/{len(steps)}] {step.name}: out of date, starting over")
-                    self.forget(step)
-                self.echo(f"[{number}/{len(steps)}] {step.name}: running")
-                self._execute(step)
-            finished[step.name] = self.record(step)
+    def run(self, steps: List[Step], jobs: int = 1) -> Dict[str, dict]:
+        """Run every unfinished step of ``steps``, each once the steps it needs have finished, at most ``jobs``
+        at a time; return the records of all of them.
+
+        ``steps`` come dependencies first (:func:`order_steps`); with ``jobs=1`` they run in that order. When a
+        step fails, the running ones finish, nothing new starts, and its :class:`StepError` is raised."""
+        finished, pending, running, failure = {}, list(enumerate(steps, 1)), {}, None
+        listed = {step.name for step in steps}  # a dependency outside them cannot be waited for
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            try:
+                while pending or running:
+                    while failure is None and pending and len(running) < max(1, jobs):
+                        ready = next((item for item in pending
+                                      if all(dependency in finished or dependency not in listed
+                                             for dependency in item[1].after)), None)
+                        if ready is None:
+                            break
+                        pending.remove(ready)
+                        future = self._start(pool, *ready, len(steps), finished)
+                        if future is not None:
+                            running[future] = ready[1]
+                    if not running:
+                        break  # all done, or a step failed and nothing else runs
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        step = running.pop(future)
+                        try:
+                            future.result()
+                        except StepError as e:
+                            failure = failure or e
+                            continue
+                        finished[step.name] = self.record(step)
+                        if jobs > 1:
+                            self.echo(f"  {step.name}: finished in {finished[step.name]['seconds']:.0f} s")
+            except BaseException:
+                self._stop_all()  # Ctrl-C or SIGTERM: no step keeps running behind the runner's back
+                raise
+        if failure is not None:
+            raise failure
         return finished
+
+    def _start(self, pool: ThreadPoolExecutor, number: int, step: Step, total: int,
+               finished: Dict[str, dict]) -> Optional[Future]:
+        """Reuse ``step`` if it is done (its record goes into ``finished``: None comes back), else run it in
+        ``pool``."""
+        if self.is_done(step, finished):
+            self.echo(f"[{number}/{total}] {step.name}: done before, reused")
+            finished[step.name] = self.record(step)
+            return None
+        if self.record(step) is not None:  # made before from inputs that changed since: start over
+            self.echo(f"[{number}/{total}] {step.name}: out of date, starting over")
+            self.forget(step)
+        self.echo(f"[{number}/{total}] {step.name}: running")
+        return pool.submit(self._execute, step)
 
     def plan(self, steps: List[Step], strict: bool = True) -> Dict[str, bool]:
         """Step name -> whether :meth:`run` would reuse it (True) or run it (False).
@@ -240,12 +287,28 @@ class StepRunner:
             log.write(f"\n### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(shlex.quote(a) for a in args)}\n")
             log.flush()
             try:
-                code = subprocess.call(args, cwd=self.work_dir, stdout=out or log, stderr=log, env=self.env)
+                process = subprocess.Popen(args, cwd=self.work_dir, stdout=out or log, stderr=log, env=self.env)
             except OSError as e:
                 raise StepError(f"step '{step.name}': cannot start {args[0]} ({e})") from e
+            with self._lock:
+                self._processes.add(process)
+            try:
+                code = process.wait()
+            finally:
+                with self._lock:
+                    self._processes.discard(process)
         if code != 0:
             tail = _tail(log_path) if log_path else ""
             raise StepError(f"step '{step.name}' failed with exit code {code}; log: {log_path}\n{tail}")
+
+    def _stop_all(self) -> None:
+        """Kill every command still running and wait for it."""
+        with self._lock:
+            processes = list(self._processes)
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait()
 
     def record_finished(self, step: Step, started_at: float) -> None:
         """Write the record of ``step``, finished now after starting at ``started_at``."""
@@ -265,11 +328,24 @@ def _tail(path: str, lines: int = 30) -> str:
         return ""
 
 
-def python_env() -> Dict[str, str]:
-    """The environment for the steps: this interpreter's bin directory first on PATH."""
+def python_env(threads: Optional[int] = None) -> Dict[str, str]:
+    """The environment for the steps: this interpreter's bin directory first on PATH; ``threads`` torch threads
+    per step, if given."""
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
+
+
+def add_parallel_arguments(parser) -> None:
+    """``--threads`` and ``--jobs``, the options of every script that runs steps."""
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads per step (OMP_NUM_THREADS); 1 helps on a machine shared with other "
+                        "jobs (default: torch's own choice)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run up to N steps side by side when neither needs the other (default 1); with "
+                        "--threads 1, as many as the cores")
 
 
 def stop_on_sigterm() -> None:

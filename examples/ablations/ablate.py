@@ -35,6 +35,7 @@ from vlp_mmt_fairseq.step_runner import (
     Step,
     StepError,
     StepRunner,
+    add_parallel_arguments,
     order_steps,
     python_env,
     shell_command,
@@ -726,7 +727,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", metavar="VARIANT",
                         help="the rows to run (default: all): " + ", ".join(variants(BUDGETS["cpu"])))
     parser.add_argument("--work-dir", help="where everything goes (default work_dirs/ablation.SRC-TGT.BUDGET)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch threads per step (OMP_NUM_THREADS)")
+    add_parallel_arguments(parser)
     parser.add_argument("--redo", nargs="+", default=[], metavar="STEP", help="run these steps again")
     parser.add_argument("--tables-only", action="store_true", help="run nothing: write the table from what is done")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, then stop")
@@ -753,10 +754,7 @@ def main(argv=None):
     work_dir = args.work_dir or os.path.join(REPO, "work_dirs", f"ablation.{args.src}-{args.tgt}.{budget.name}")
     values = {"REPO": REPO, "PYTHON": sys.executable, "DATA": os.path.abspath(args.data),
               "FEATURES": os.path.abspath(args.features) if args.features else ""}
-    env = python_env()
-    if args.threads:
-        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    runner = StepRunner(work_dir, values, env=env)
+    runner = StepRunner(work_dir, values, env=python_env(args.threads))
     try:
         ordered, _ = steps_with_tuned(runner, budget, args)
         if args.dry_run:
@@ -772,11 +770,11 @@ def main(argv=None):
                     raise StepError(f"--redo {name}: no such step among the selected variants' steps")
                 runner.forget(by_name[name])
             print(f"{len(ordered)} steps in {runner.work_dir} (budget '{budget.name}', {args.src}-{args.tgt})")
-            runner.run(ordered)
+            runner.run(ordered, jobs=args.jobs)
             tuned, _ = steps_with_tuned(runner, budget, args)  # the sweeps on valid that ran just now choose theirs
             if not all(runner.plan(tuned, strict=False).values()):
                 print(f"{len(tuned)} steps with test2016 at the length penalties chosen on valid")
-                runner.run(tuned)
+                runner.run(tuned, jobs=args.jobs)
         vlp_seconds = {}
         for which in ("short", "long"):
             record = runner.record(vlp_step(budget, args, which))

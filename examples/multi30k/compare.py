@@ -31,6 +31,7 @@ from budgets import BUDGETS
 from vlp_mmt_fairseq.step_runner import (
     StepError,
     StepRunner,
+    add_parallel_arguments,
     order_steps,
     python_env,
     shell_command,
@@ -63,9 +64,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "the multimodal rows are n/a on the other test sets); default: a synthetic source-copy "
                         "store for pipeline checks (rows are labelled so)")
     parser.add_argument("--bert-model", help="override the budget's BERT (a local directory or hub name)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch threads per command (OMP_NUM_THREADS); 1 helps on a machine shared with "
-                        "other jobs (default: torch's own choice)")
+    add_parallel_arguments(parser)
     parser.add_argument("--redo", nargs="+", default=[], metavar="STEP",
                         help="run these steps again even if finished (see WORK/state/)")
     parser.add_argument("--redo-changed", action="store_true",
@@ -406,10 +405,7 @@ def main(argv=None):
         values = {"REPO": REPO, "PYTHON": sys.executable, "MULTI30K": os.path.abspath(args.multi30k_dir)}
         if args.features:
             values["FEATURES"] = os.path.abspath(args.features)
-        env = python_env()
-        if args.threads:
-            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        runner = StepRunner(work_dir, values, env=env)
+        runner = StepRunner(work_dir, values, env=python_env(args.threads))
         ordered = wanted_steps(setup, args.systems)
         if args.dry_run:
             reused = runner.plan(ordered)
@@ -432,7 +428,7 @@ def main(argv=None):
                         print(f"{step.name}: command changed, running it again")
                         runner.forget(step)
             print(f"{len(ordered)} steps in {runner.work_dir} (budget '{args.budget}', {args.src}-{args.tgt})")
-            runner.run(ordered)
+            runner.run(ordered, jobs=args.jobs)
         tables = write_results(runner, setup, time.time() - start)
     except StepError as e:
         sys.exit(f"error: {e}")

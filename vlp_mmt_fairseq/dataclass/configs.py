@@ -37,6 +37,11 @@ class ImageConfig(FairseqDataclass):
     max_regions: int = field(default=36, metadata={"help": "keep at most this many regions per image, "
                                                             "highest-scoring first"})
     max_tags: int = field(default=20, metadata={"help": "keep at most this many object tags per image"})
+    image_memory_mb: float = field(
+        default=1024, metadata={"help": "hold up to this many MB of the images read in each process's memory, so "
+                                        "that later epochs do not read them from the store again (0: read every "
+                                        "time)"}
+    )
     no_tags: bool = field(default=False, metadata={"help": "do not give the object tags t to the encoder"})
 
 

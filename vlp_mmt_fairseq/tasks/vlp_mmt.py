@@ -70,7 +70,8 @@ class VlpMmtTask(ImageTaskMixin, TranslationTask):
         self.tag_encoder = TagEncoder(cfg.bert_model)
 
     def open_store(self, path: str) -> FeatureStore:
-        return FeatureStore(path, max_regions=self.cfg.max_regions, max_tags=self.cfg.max_tags)
+        return FeatureStore(path, max_regions=self.cfg.max_regions, max_tags=self.cfg.max_tags,
+                            memory_mb=self.cfg.image_memory_mb)
 
     @property
     def use_images(self) -> bool:

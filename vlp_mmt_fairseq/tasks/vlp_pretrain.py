@@ -133,10 +133,11 @@ class VlpPretrainTask(ImageTaskMixin, FairseqTask):
                 f"--image-features names {len(paths)} stores for {len(self.data_dirs)} data directories; "
                 "give one store, or one per directory"
             )
-        opened = {}
+        opened, memory_mb = {}, self.cfg.image_memory_mb / len(set(paths))  # shared between the stores
         for path in paths:
             if path not in opened:
-                opened[path] = FeatureStore(path, max_regions=self.cfg.max_regions, max_tags=self.cfg.max_tags)
+                opened[path] = FeatureStore(path, max_regions=self.cfg.max_regions, max_tags=self.cfg.max_tags,
+                                            memory_mb=memory_mb)
         dims = {p: s.feature_dim for p, s in opened.items()}
         if len(set(dims.values())) > 1:
             raise FeatureStoreError(f"the feature stores differ in feature size D: {dims}")
