@@ -103,12 +103,12 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     commands = {lines[i].split()[1]: lines[i + 1] for i in range(len(lines) - 1) if lines[i].startswith("# ")}
     trains = {name[len("train."):]: command for name, command in commands.items()
               if name.startswith("train.") and "--task vlp_mmt" in command}
-    assert len(trains) == 21 and {"text_plain", "text_vlp", "base", "decoder_text", "late_novlp_regions"} <= set(trains)
+    assert len(trains) == 22 and {"text_plain", "text_vlp", "base", "decoder_text", "late_novlp_regions"} <= set(trains)
     shared = ("--freeze-bert", "--modality-loss off", "--lr 0.002", "--max-epoch 5", "--max-tokens 4096",
               "--decoder-layers 4", "--best-checkpoint-metric bleu")
     assert all(flag in command for command in trains.values() for flag in shared)
     uncached = {name for name, command in trains.items() if "--cache-frozen-encoder" not in command}
-    assert uncached == {"vlp_none", "ffn_trained", "emb_type"}
+    assert uncached == {"vlp_none", "vlp_none_noise", "ffn_trained", "emb_type"}
     assert "--load-vlp" not in trains["text_plain"] and "--load-vlp" not in trains["vlp_none"]
     assert "pretrain_short" in trains["base"].split("--load-vlp ")[1].split()[0]
     assert "train.pretrain_short" in commands and "train.pretrain_long" in commands
@@ -124,7 +124,8 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     # the decoder's cross-attention stated on every multimodal row: gated on the gated ones, joint elsewhere
     assert all(("--cross-attention gated" if name in gated else "--cross-attention joint") in command
                for name, command in trains.items() if "--no-images" not in command)
-    assert "--shuffle-images-seed 1" in trains["late_novlp_regions_noise"]
+    assert "--shuffle-images-seed 1" in trains["late_novlp_regions_noise"] and \
+        "--shuffle-images-seed 1" in trains["vlp_none_noise"]
     sweep = sorted(name for name in commands if name.startswith("generate.base.valid.lenpen"))
     assert sweep == ["generate.base.valid.lenpen0.5", "generate.base.valid.lenpen1.5", "generate.base.valid.lenpen2",
                      "generate.base.valid.lenpen3"]  # lenpen 1 is generate.base.valid itself

@@ -156,6 +156,9 @@ def variants(budget: Budget) -> Dict[str, Variant]:
         Variant("text_vlp_long", "text only, BERT from the long VLP", vlp="long", images=False),
         Variant("base", "short VLP, FFN(v) frozen, tags + regions (today's stage 1)", model_flags=PAPER),
         Variant("vlp_none", "no VLP (plain BERT, fresh FFN(v), trained)", vlp=None, model_flags=PAPER),
+        Variant("vlp_none_noise", "vlp_none, trained and tested with another sentence's image (--shuffle-images-seed "
+                "1): FFN(v)'s trained input to BERT, without what the image says", vlp=None, task_flags=tuple(PROBE),
+                model_flags=PAPER),
         Variant("vlp_long", "long VLP", vlp="long", model_flags=PAPER),
         Variant("ffn_trained", "FFN(v) trained in stage 1", model_flags=(*PAPER, "--train-visual-projection")),
         Variant("tags_only", "tags only (no regions)", task_flags=("--no-regions",), model_flags=PAPER),
