@@ -337,3 +337,17 @@ def test_batches_load_in_the_main_thread_without_workers():
     assert reads_in_the_main_thread({"num_workers": 0, "data_buffer_size": 10})["data_buffer_size"] == 0
     assert reads_in_the_main_thread({"data_buffer_size": 10})["data_buffer_size"] == 0
     assert reads_in_the_main_thread({"num_workers": 2, "data_buffer_size": 10})["data_buffer_size"] == 10
+
+
+def test_interrupted_attempts_of_a_resumed_training_log(tmp_path):
+    from vlp_mmt_fairseq.evaluation.train_logs import interrupted_attempt_seconds
+
+    def record(kind, wall):
+        return f'2026-12-01 10:00:00 | INFO | {kind} | {{"epoch": 1, "wall": "{wall}"}}\n'
+
+    log = tmp_path / "train.log"
+    log.write_text("### 2026-12-01 10:00:00 fairseq-train ...\n" + record("train_inner", 50) + record("valid", 120)
+                   + "Traceback: killed\n### 2026-12-01 11:00:00 fairseq-train ...\nno record before it was killed\n"
+                   + "### 2026-12-01 11:05:00 fairseq-train ...\n" + record("train", 300))
+    assert interrupted_attempt_seconds(str(log)) == [120.0, 0.0]  # the last attempt is the step's own record
+    assert interrupted_attempt_seconds(str(tmp_path / "absent.log")) == []

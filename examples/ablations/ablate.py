@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
-from vlp_mmt_fairseq.evaluation.train_logs import valid_bleu_per_epoch
+from vlp_mmt_fairseq.evaluation.train_logs import interrupted_attempt_seconds, valid_bleu_per_epoch
 from vlp_mmt_fairseq.file_utils import atomic_output
 from vlp_mmt_fairseq.step_runner import (
     Step,
@@ -429,8 +429,9 @@ def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, curr
     row["valid_curve"] = valid_bleu_per_epoch(os.path.join(work, train_log(variant.name)))  # greedy, per epoch
     row["lenpen"] = tuned_results(runner, budget, args, variant, current, choice)
     row["last"] = last_epoch_results(runner, budget, args, variant, current, row["valid_curve"])
-    row["train_seconds"] = records[f"train.{variant.name}"]["seconds"]
-    row["step_seconds"] = round(sum(r["seconds"] for r in records.values()), 1)
+    interrupted = sum(interrupted_attempt_seconds(os.path.join(work, train_log(variant.name))))
+    row["train_seconds"] = round(records[f"train.{variant.name}"]["seconds"] + interrupted, 1)  # every attempt
+    row["step_seconds"] = round(sum(r["seconds"] for r in records.values()) + interrupted, 1)
     row["command"] = shell_command(train_step(budget, args, variant))
     row["finished"] = True
     return row
@@ -632,7 +633,8 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
         "test2016 with the images shuffled across sentences (--shuffle-images-seed 1).",
         "Mass: the decoder's cross-attention mass on source-text, tag and region positions, mean over layers, after "
         "the first → the last epoch (references of valid force-decoded; special tokens take the rest).",
-        "Times: the step's own seconds at the thread count it ran with; 'steps' adds generation and the mass. "
+        "Times: the step's own seconds at the thread count it ran with (a resumed training run adds the wall time "
+        "fairseq logged in each interrupted attempt); 'steps' adds generation and the mass. "
         "VLP: " + ", ".join(f"{k} {fmt(v / 60)} min" if v else f"{k} not run" for k, v in vlp_seconds.items()) + ".",
         f"'tok vs {REFERENCE}': the row's test2016 'BLEU tok' minus {REFERENCE}'s, with the 95% interval of the "
         "difference, by paired bootstrap resampling (sacreBLEU's, 1,000 resamples; * p < 0.05). 'valid BLEU per "

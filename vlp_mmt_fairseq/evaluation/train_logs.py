@@ -6,7 +6,7 @@ resumed run logs again into the same file.
 """
 import json
 import os
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 VALID_MARKER = "| valid | "
 TRAIN_MARKER = "| train | "
@@ -52,3 +52,26 @@ def valid_bleu_per_epoch(log_path: str) -> Dict[int, float]:
     """
     curve = {int(r["epoch"]): float(r.get("valid_bleu", 0.0)) for r in valid_records(log_path)}
     return dict(sorted(curve.items()))
+
+
+def interrupted_attempt_seconds(log_path: str) -> List[float]:
+    """The wall-clock seconds fairseq logged by the end of each attempt of a resumed run but the last one.
+
+    A step runner's log starts every attempt with a ``### `` line; fairseq's ``wall`` restarts at 0 in each
+    process, so an attempt lasted at least the largest ``wall`` it logged (the work after its last record was
+    lost with it). Empty for a run that was never interrupted, or when the log is absent.
+    """
+    if not os.path.exists(log_path):
+        return []
+    attempts = []
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("### "):
+                attempts.append(0.0)
+            elif attempts and '"wall": ' in line and " | {" in line:
+                try:
+                    wall = float(json.loads("{" + line.split(" | {", 1)[1]).get("wall", 0))
+                except ValueError:  # not a fairseq record
+                    continue
+                attempts[-1] = max(attempts[-1], wall)
+    return attempts[:-1]
