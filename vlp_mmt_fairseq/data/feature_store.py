@@ -436,7 +436,7 @@ class FeatureStore:
         """
         held = self._held.get(key)
         if held is not None:
-            return self._tags_of(held) if tags_only else held
+            return self._tags_only(held.tags, held.tag_scores, held.width, held.height) if tags_only else held
         where = f"{self.path}: image '{key}'"
         handle = self._open()
         try:
@@ -458,10 +458,10 @@ class FeatureStore:
             self._held[key] = item
             self._held_bytes += size
 
-    def _tags_of(self, item: ImageFeatures) -> ImageFeatures:
-        """``item`` with its tags only, as a ``tags_only`` read gives it."""
-        return ImageFeatures(np.zeros((0, self.feature_dim), np.float32), np.zeros((0, 4), np.float32), item.tags,
-                             item.tag_scores, item.width, item.height)
+    def _tags_only(self, tags: List[str], tag_scores: np.ndarray, width: int, height: int) -> ImageFeatures:
+        """An image with tags and no regions, as a ``tags_only`` read gives it."""
+        return ImageFeatures(np.zeros((0, self.feature_dim), np.float32), np.zeros((0, 4), np.float32), tags,
+                             tag_scores, width, height)
 
     def _read(self, group, where: str, tags_only: bool = False) -> ImageFeatures:
         h5py = _h5py()
@@ -511,9 +511,7 @@ class FeatureStore:
         height = _int_attr(attrs, "height", where, minimum=1 if strict else 0, required=strict, default=0)
 
         if tags_only:
-            tags, tag_scores = self._read_tags(tags_ds, tag_scores_ds, where)
-            empty = np.zeros((0, self.feature_dim), np.float32)
-            return ImageFeatures(empty, np.zeros((0, 4), np.float32), tags, tag_scores, width, height)
+            return self._tags_only(*self._read_tags(tags_ds, tag_scores_ds, where), width, height)
         features = np.asarray(feats_ds[()], dtype=np.float32)  # R x D
         boxes = np.asarray(boxes_ds[()], dtype=np.float32)  # R x 4
         validate_regions(features, boxes, self.feature_dim, where)
