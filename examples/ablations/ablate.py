@@ -282,7 +282,8 @@ def lenpen_sweep_steps(budget: Budget, args, variant: Variant) -> List[Step]:
 
 
 def last_epoch_steps(budget: Budget, args, variant: Variant) -> List[Step]:
-    """valid, test2016 and its probe decoded from the last epoch's checkpoint: every row at the same epoch."""
+    """valid, test2016 and its probe decoded from the last epoch's checkpoint: every row at the same epoch (planned
+    only where that checkpoint is not the best one, see :func:`best_is_last`)."""
     steps = [generate_step(budget, args, variant, split, False, checkpoint="last") for split in EVAL_SPLITS]
     if variant.images:
         steps.append(generate_step(budget, args, variant, PROBE_SPLIT, True, checkpoint="last"))
@@ -346,8 +347,19 @@ def wanted_steps(budget: Budget, args) -> List[Step]:
     known = variants(budget)
     wanted = [f"prune.{v}" for v in args.variants]
     wanted += [s.name for v in args.variants for s in lenpen_sweep_steps(budget, args, known[v])]
-    wanted += [s.name for v in args.variants for s in last_epoch_steps(budget, args, known[v])]
     return order_steps(all_steps(budget, args), wanted)
+
+
+def best_is_last(work: str, variant: str) -> Optional[bool]:
+    """Whether the run's best checkpoint is its last one, None before both exist. fairseq writes an epoch's
+    checkpoint once and copies it to the other names, so the two files are then the same bytes (and on a tie in
+    valid BLEU the later epoch becomes the best)."""
+    import filecmp
+
+    best, last = (os.path.join(work, f"ckpt/{variant}/checkpoint_{which}.pt") for which in ("best", "last"))
+    if not (os.path.exists(best) and os.path.exists(last)):
+        return None
+    return filecmp.cmp(best, last, shallow=False)
 
 
 def chosen_lenpen(runner: StepRunner, budget: Budget, args, variant: Variant,
@@ -367,18 +379,21 @@ def chosen_lenpen(runner: StepRunner, budget: Budget, args, variant: Variant,
 
 def steps_with_tuned(runner: StepRunner, budget: Budget, args) -> Tuple[List[Step], Dict[str, Optional[dict]]]:
     """:func:`wanted_steps` and, for each variant whose length-penalty sweep on valid is done, test2016 at the
-    chosen length penalty; with each variant's :func:`chosen_lenpen`."""
+    chosen length penalty; for each trained variant whose last checkpoint is not its best, the decodings from the
+    last one; with each variant's :func:`chosen_lenpen`."""
     known = variants(budget)
     ordered = wanted_steps(budget, args)
     current = runner.plan(ordered, strict=False)
     steps = all_steps(budget, args)
     choices = {name: chosen_lenpen(runner, budget, args, known[name], current) for name in args.variants}
-    tuned = []
+    later = []
     for name, choice in choices.items():
         for step in tuned_steps(budget, args, known[name], choice["chosen"]) if choice else []:
             steps[step.name] = step
-            tuned.append(step.name)
-    return order_steps(steps, [step.name for step in ordered] + tuned), choices
+            later.append(step.name)
+        if current.get(f"train.{name}") and best_is_last(runner.work_dir, name) is False:
+            later += [step.name for step in last_epoch_steps(budget, args, known[name])]
+    return order_steps(steps, [step.name for step in ordered] + later), choices
 
 
 # ----------------------------------------------------------------------------- results
@@ -447,14 +462,21 @@ def tuned_results(runner: StepRunner, budget: Budget, args, variant: Variant, cu
 
 def last_epoch_results(runner: StepRunner, budget: Budget, args, variant: Variant, current: Dict[str, bool],
                        valid_curve: Dict[str, float]) -> Optional[dict]:
-    """valid, test2016 and its probe from the last epoch's checkpoint, and the epoch the best checkpoint is from
-    (the first epoch with the best greedy valid BLEU, as fairseq keeps it); None until all are decoded."""
-    if not all(current.get(s.name) for s in last_epoch_steps(budget, args, variant)):
-        return None
-    valid_output = os.path.join(runner.work_dir, generation_output(variant.name, "valid", checkpoint="last"))
+    """valid, test2016 and its probe from the last epoch's checkpoint, and the epoch the best checkpoint is from;
+    where the best checkpoint is the last, its own decodings; None until all are decoded."""
     epochs = {int(epoch): bleu for epoch, bleu in valid_curve.items()}
-    return {"best_epoch": max(epochs, key=lambda epoch: (epochs[epoch], -epoch)) if epochs else None,
-            "last_epoch": max(epochs) if epochs else None,
+    last_epoch = max(epochs) if epochs else None
+    same = best_is_last(runner.work_dir, variant.name)
+    if same:
+        return {"best_epoch": last_epoch, "last_epoch": last_epoch, "same_checkpoint": True,
+                "valid": score(args.data, args.tgt, os.path.join(runner.work_dir, generation_output(
+                    variant.name, "valid")), "valid"), **test_results(runner.work_dir, args, variant)}
+    if same is None or not all(current.get(s.name) for s in last_epoch_steps(budget, args, variant)):
+        return None
+    earlier = {epoch: bleu for epoch, bleu in epochs.items() if epoch != last_epoch}
+    valid_output = os.path.join(runner.work_dir, generation_output(variant.name, "valid", checkpoint="last"))
+    return {"best_epoch": max(earlier, key=lambda epoch: (earlier[epoch], epoch)) if earlier else None,
+            "last_epoch": last_epoch, "same_checkpoint": False,
             "valid": score(args.data, args.tgt, valid_output, "valid"),
             **test_results(runner.work_dir, args, variant, checkpoint="last")}
 
@@ -523,9 +545,12 @@ def add_significance(rows: List[dict], work: str, args) -> None:
         output = os.path.join(work, generation_output(name, PROBE_SPLIT, False, lenpen, checkpoint))
         return tokenized_hypotheses(args.data, args.tgt, output, PROBE_SPLIT)
 
+    def last_hypotheses(row: dict) -> List[str]:  # where the best checkpoint is the last, its own decoding
+        return hypotheses(row["variant"], checkpoint="best" if row["last"].get("same_checkpoint") else "last")
+
     default = hypotheses(REFERENCE)
     tuned = hypotheses(REFERENCE, reference["lenpen"]["chosen"]) if reference.get("lenpen") else None
-    last = hypotheses(REFERENCE, checkpoint="last") if reference.get("last") else None
+    last = last_hypotheses(reference) if reference.get("last") else None
     for name, row in by_name.items():
         if not row["finished"] or name == REFERENCE:
             continue
@@ -534,7 +559,23 @@ def add_significance(rows: List[dict], work: str, args) -> None:
             row["lenpen"]["vs_reference"] = versus_reference(hypotheses(name, row["lenpen"]["chosen"]), tuned,
                                                              references)
         if last is not None and row.get("last"):
-            row["last"]["vs_reference"] = versus_reference(hypotheses(name, checkpoint="last"), last, references)
+            row["last"]["vs_reference"] = versus_reference(last_hypotheses(row), last, references)
+
+
+def add_previous_rows(rows: List[dict], path: str) -> List[str]:
+    """Replace each row not finished here by the same variant's finished row of an earlier ``ablation.json`` (a run
+    on another machine, whose work folder is gone); returns the variants taken from it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = {row["variant"]: row for row in json.load(f)["rows"] if row.get("finished")}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StepError(f"--previous-results {path}: not an ablation.json of this script ({e})") from None
+    taken = []
+    for i, row in enumerate(rows):
+        if not row["finished"] and row["variant"] in previous:
+            rows[i] = dict(previous[row["variant"]], measured_in=path)
+            taken.append(row["variant"])
+    return taken
 
 
 def significance_cell(test: Optional[dict]) -> str:
@@ -623,6 +664,7 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
     rows = [variant_row(runner, budget, args, variants(budget)[name], current, choices[name])
             for name in args.variants]
     add_significance(rows, runner.work_dir, args)
+    earlier = add_previous_rows(rows, args.previous_results) if args.previous_results else []
     out = os.path.join(runner.work_dir, "results")
     os.makedirs(out, exist_ok=True)
     notes = [
@@ -647,10 +689,15 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
         f"{REFERENCE} at its own tuned length penalty, by the same paired bootstrap.",
         "Last epoch (third table): valid, test2016 and its probe decoded from checkpoint_last.pt (beam "
         f"{budget.test_beam}, --lenpen 1), so that every row is compared after the same number of updates; "
-        "'best checkpoint's epoch': the epoch the first table's checkpoint_best.pt is from (its greedy valid BLEU).",
+        "'best checkpoint's epoch': the epoch the first table's checkpoint_best.pt is from (its greedy valid BLEU; "
+        "where it is the last epoch, checkpoint_best.pt is checkpoint_last.pt and its decodings are the first "
+        "table's).",
         "Rows without the frozen-encoder cache (something before BERT trains): "
         + (", ".join(r["variant"] for r in rows if not r["cache"]) or "none") + ".",
     ]
+    if earlier:
+        notes.append(f"Rows measured in an earlier run, as {args.previous_results} recorded them (figures and paired "
+                     f"bootstrap against that run's {REFERENCE}): {', '.join(earlier)}.")
     lines = [f"## Stage-1 ablation ({args.src}-{args.tgt}, budget '{budget.name}')", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|"]
     lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
@@ -735,6 +782,9 @@ def get_parser() -> argparse.ArgumentParser:
     add_parallel_arguments(parser)
     parser.add_argument("--redo", nargs="+", default=[], metavar="STEP", help="run these steps again")
     parser.add_argument("--tables-only", action="store_true", help="run nothing: write the table from what is done")
+    parser.add_argument("--previous-results", metavar="JSON",
+                        help="an ablation.json of an earlier run (e.g. examples/ablations/results/ablation.json): "
+                             "the rows not finished here are taken from it, as it recorded them")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, then stop")
     return parser
 
@@ -766,7 +816,8 @@ def main(argv=None):
             reused = runner.plan(ordered, strict=False)
             for step in ordered:
                 print(f"# {step.name} [{'done' if reused[step.name] else 'to run'}]\n{shell_command(step)}")
-            print("then, for each variant whose valid sweep is new: test2016 at the length penalty best on valid")
+            print("then, for each variant whose valid sweep is new: test2016 at the length penalty best on valid; "
+                  "for each variant whose best checkpoint is not its last: valid and test2016 from the last")
             return
         if not args.tables_only:
             by_name = {s.name: s for s in ordered}
