@@ -267,12 +267,37 @@ def test_tables_and_plot_from_finished_systems(tmp_path, multi30k_dir):
     png = (out / "valid_bleu.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
 
-    # a step the full model depends on runs again (--redo): its old scores no longer count
+    # a step the full model depends on runs again (--redo): its old scores no longer count; the rows exported
+    # before that carry into another work folder, with everything the tables and the paired bootstrap need
+    exported = tmp_path / "exported"
+    run_cli([sys.executable, COMPARE, "--tables-only", "--work-dir", work, "--multi30k-dir", multi30k_dir,
+             "--budget", "smoke", "--export-results", exported])
+    assert sorted(p.name for p in exported.glob("*.json")) == ["full.json", "transformer.json"]
+    assert all(line.startswith("D-") for line in (exported / "full.test2016.txt").read_text().splitlines())
     runner.forget(next(s for s in steps if s.name == "train.full_stage2"))
     run_cli([sys.executable, COMPARE, "--tables-only", "--work-dir", work, "--multi30k-dir", multi30k_dir,
              "--budget", "smoke"])
     rows = {r["system"]: r for r in json.loads((out / "table5.json").read_text())["rows"]}
     assert not rows["full"]["finished"] and rows["transformer"]["finished"]
+    before = {r["system"]: r for r in json.loads((out / "table5.json").read_text())["rows"]}
+    run_cli([sys.executable, COMPARE, "--tables-only", "--work-dir", work, "--multi30k-dir", multi30k_dir,
+             "--budget", "smoke", "--previous-results", exported])
+    rows = {r["system"]: r for r in json.loads((out / "table5.json").read_text())["rows"]}
+    assert rows["full"]["finished"] and all(rows["transformer"][f"{t}_bleu"] == before["transformer"][f"{t}_bleu"]
+                                            for t in TEST_SPLITS)  # finished here: its own
+    assert rows["full"]["avg_delta_bleu"] == pytest.approx(expected_delta)
+    assert all(rows["full"][f"{t}_p_value"] < 0.05 for t in TEST_SPLITS)
+    assert rows["full"]["bleu_lost_incongruent"] == pytest.approx(lost)
+    assert "Rows measured in an earlier run" in (out / "table5.md").read_text(encoding="utf-8")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["carried_rows"] == ["full"] and summary["curves"][
+        "+ L_M, last layer, learnable lambda (Our model)"] == curve
+    broken = subprocess.run([str(a) for a in (sys.executable, COMPARE, "--tables-only", "--work-dir", work,
+                                              "--multi30k-dir", multi30k_dir, "--budget", "smoke",
+                                              "--previous-results", tmp_path / "absent")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert broken.returncode == 1 and broken.stderr.strip().splitlines()[-1] == \
+        f"error: --previous-results {tmp_path / 'absent'}: no such folder"
 
 
 # ----------------------------------------------------------------------------- one script per system

@@ -28,6 +28,7 @@ from typing import Optional
 
 import recipe  # this folder's modules: Python puts a script's own folder first on its path
 from budgets import BUDGETS
+from carried_rows import CarriedRowsError, export_rows, import_rows
 from vlp_mmt_fairseq.step_runner import (
     StepError,
     StepRunner,
@@ -73,6 +74,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tables-only", action="store_true",
                         help="run nothing: write the tables and the plot from what is finished")
     parser.add_argument("--dry-run", action="store_true", help="print the steps that would run, then stop")
+    parser.add_argument("--export-results", metavar="DIR",
+                        help="also write every finished row into DIR (its scores, step seconds, curve and the "
+                        "hypotheses it was scored on), for --previous-results on another machine")
+    parser.add_argument("--previous-results", metavar="DIR",
+                        help="a folder of --export-results: the rows not finished here are taken from it")
     parser.add_argument("--write-scripts", metavar="DIR",
                         help="write one shell script per system (the same steps) into DIR, then stop")
     return parser
@@ -344,14 +350,21 @@ def load_rows(runner: StepRunner, setup: recipe.Setup, current: dict) -> dict:
     return rows
 
 
-def write_curves(runner: StepRunner, setup: recipe.Setup, out: str) -> dict:
+def system_curves(runner: StepRunner) -> dict:
+    """System name -> its validation-BLEU points across its training runs, from this work folder's logs."""
+    from curves import system_curve
+
+    return {name: system_curve([os.path.join(runner.work_dir, recipe.train_log(r)) for r in system.runs])
+            for name, system in recipe.SYSTEMS.items()}
+
+
+def write_curves(setup: recipe.Setup, by_system: dict, out: str) -> dict:
     """``valid_bleu.png`` of the systems with a training curve; returns label -> points."""
-    from curves import plot_curves, system_curve
+    from curves import plot_curves
 
     curves = {}
     for name in ("transformer", "bert_nmt", "bert_enc_stage2", "end2end", "stage2", "full", "lm_all", "lm_fixed"):
-        system = recipe.SYSTEMS[name]
-        curves[system.label] = system_curve([os.path.join(runner.work_dir, recipe.train_log(r)) for r in system.runs])
+        curves[recipe.SYSTEMS[name].label] = by_system[name]
     if any(curves.values()):
         b = setup.budget
         plot_curves(curves, b.stage1_epochs,
@@ -361,14 +374,21 @@ def write_curves(runner: StepRunner, setup: recipe.Setup, out: str) -> dict:
     return curves
 
 
-def write_results(runner: StepRunner, setup: recipe.Setup, wall_seconds: float) -> str:
-    """Tables 5 and 6, the validation-BLEU plot and a summary, in ``WORK/results/``; returns the tables."""
+def write_results(runner: StepRunner, setup: recipe.Setup, wall_seconds: float, previous: Optional[str] = None,
+                  export: Optional[str] = None) -> str:
+    """Tables 5 and 6, the validation-BLEU plot and a summary, in ``WORK/results/``; returns the tables. The rows
+    not finished here are taken from ``previous`` where it has them; ``export`` receives every finished row."""
     from result_tables import SIGNIFICANCE_NOTE, paired_significance, table_records, write_table, write_text
 
     out = os.path.join(runner.work_dir, "results")
     every_step = wanted_steps(setup, list(recipe.SYSTEMS))
     current = runner.plan(every_step, strict=False)  # a recorded result whose inputs changed does not count
     rows = load_rows(runner, setup, current)
+    by_system = system_curves(runner)
+    carried = import_rows(previous, runner.work_dir, [n for n, r in rows.items() if not r.finished]) \
+        if previous else {}
+    for name, (row, curve) in carried.items():
+        rows[name], by_system[name] = row, curve
     context = {"src": setup.src, "tgt": setup.tgt, "budget": setup.budget.as_dict(),
                "test_sets": list(setup.test_sets), "features": setup.feature_label,
                "image_test_sets": list(setup.system_test_sets(recipe.SYSTEMS["full"]))}
@@ -380,13 +400,19 @@ def write_results(runner: StepRunner, setup: recipe.Setup, wall_seconds: float) 
         records = table_records(table_rows, recipe.BASELINE[key], list(setup.test_sets), list(recipe.PROBES),
                                 significance, image_test_sets=setup.image_test_sets)
         notes = table_notes(setup, runner) + ([SIGNIFICANCE_NOTE] if significance else [])
+        if any(name in carried for name in names):
+            notes.append(f"Rows measured in an earlier run, from {previous} (compare.py --export-results): "
+                         + ", ".join(name for name in names if name in carried) + ".")
         markdown.append(write_table(os.path.join(out, key), f"{title} ({setup.src}-{setup.tgt})",
                                     notes, records, list(setup.test_sets), list(recipe.PROBES),
                                     recipe.BASELINE_LABEL[key], setup.feature_label, context))
-    curves = write_curves(runner, setup, out)
+    curves = write_curves(setup, by_system, out)
     step_seconds = sum(runner.record(s)["seconds"] for s in every_step if current[s.name])
+    step_seconds += sum(row.seconds or 0 for row, _ in carried.values())
+    if export:
+        export_rows(rows, by_system, runner.work_dir, export)
     summary = dict(context, command=" ".join(sys.argv), wall_seconds_this_invocation=round(wall_seconds, 1),
-                   step_seconds_total=round(step_seconds, 1),
+                   step_seconds_total=round(step_seconds, 1), carried_rows=sorted(carried),
                    curves={k: [list(p) for p in v] for k, v in curves.items()})
     write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return "\n".join(markdown)
@@ -429,8 +455,8 @@ def main(argv=None):
                         runner.forget(step)
             print(f"{len(ordered)} steps in {runner.work_dir} (budget '{args.budget}', {args.src}-{args.tgt})")
             runner.run(ordered, jobs=args.jobs)
-        tables = write_results(runner, setup, time.time() - start)
-    except StepError as e:
+        tables = write_results(runner, setup, time.time() - start, args.previous_results, args.export_results)
+    except (StepError, CarriedRowsError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted: run the same command again to continue where it stopped")
