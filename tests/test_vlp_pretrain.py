@@ -157,9 +157,9 @@ def test_batches_mask_text_and_tags_and_swap_whole_images(planted_corpus, small_
     assert len(one_image) == PLANTED_SPLITS["train"][1]
     assert dataset.collater(one_image)["pair_label"].eq(1).all()
 
-    # --mask-caption-only never selects a tag; the image cache changes nothing
+    # --mask-caption-only never selects a tag; reading every image from the file changes nothing
     task, _ = setup_pretrain_task(planted_corpus["data"], planted_corpus["features"], small_bert_dir,
-                                  "--mask-caption-only", "--image-cache-size", 100)
+                                  "--mask-caption-only", "--image-memory-mb", 0)
     task.load_dataset("train")
     cached = task.dataset("train")
     batch = cached.collater([cached[i] for i in range(100, 164)])
@@ -296,7 +296,7 @@ def test_pretraining_learns_the_planted_words_and_the_pairing(planted_corpus, sm
     save_dir = tmp_path / "checkpoints"
     log = run_cli(["fairseq-train", planted_corpus["data"], "--user-dir", USER_DIR, "--task", "vlp_pretrain",
                    "--arch", "vlp_pretrain_tiny", "--criterion", "vlp_pretrain_loss", "--bert-model", small_bert_dir,
-                   "--image-features", planted_corpus["features"], "--max-regions", 6, "--image-cache-size", 2000,
+                   "--image-features", planted_corpus["features"], "--max-regions", 6,
                    "--optimizer", "adam", "--lr", PLANTED_LR, "--lr-scheduler", "polynomial_decay",
                    "--warmup-updates", 50, "--total-num-update", PLANTED_UPDATES, "--max-update", PLANTED_UPDATES,
                    "--batch-size", 64, "--save-dir", save_dir, "--no-epoch-checkpoints", "--num-workers", 0,

@@ -12,7 +12,6 @@ Each batch is built in the collater, with no second pass over the data:
 Captions are a fairseq indexed dataset (memory-mapped) and the image keys a memory-mapped ``.npy``,
 so the dataset holds no per-caption Python objects; features are read lazily from the store.
 """
-import collections
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -45,9 +44,6 @@ class VlpPretrainDataset(FairseqDataset):
             token and left as they are (the rest become ``[MASK]``)
         seed: seed of masking and negatives (with the epoch and the batch's ids)
         shuffle: shuffle the order of equal-length captions (training)
-        image_cache_size: keep this many images in memory per process, least recently used
-            out first (0: read every image from the store; for small corpora of many captions
-            per image)
         max_text_positions: BERT's text positions; a caption keeps only as many of its image's (or the
             random image's) best-scored tags as fit beside it
     """
@@ -55,7 +51,7 @@ class VlpPretrainDataset(FairseqDataset):
     def __init__(self, captions, images: ImageDataset, dictionary, mask_prob: float = 0.15,
                  mask_caption_only: bool = False, negative_prob: float = 0.5, random_token_prob: float = 0.1,
                  leave_unmasked_prob: float = 0.1, seed: int = 1, shuffle: bool = True,
-                 image_cache_size: int = 0, max_text_positions: Optional[int] = None):
+                 max_text_positions: Optional[int] = None):
         super().__init__()
         if len(captions) != len(images):
             raise ValueError(f"{len(captions)} captions but {len(images)} images")
@@ -76,31 +72,11 @@ class VlpPretrainDataset(FairseqDataset):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 1
-        self.image_cache_size = image_cache_size
         self.max_text_positions = max_text_positions
-        self._image_cache = collections.OrderedDict()
 
     def __getitem__(self, index):
         key = self.images.key(index)
-        return {"id": index, "caption": self.captions[index].long(), "image": self.image(index, key), "key": key}
-
-    def image(self, index: int, key: str):
-        """The image of line ``index`` (regions and tags), through the cache if there is one."""
-        if self.image_cache_size <= 0:
-            return self.images[index]
-        image = self._image_cache.get(key)
-        if image is None:
-            image = self._image_cache[key] = self.images[index]
-            if len(self._image_cache) > self.image_cache_size:
-                self._image_cache.popitem(last=False)
-        else:
-            self._image_cache.move_to_end(key)
-        return image
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_image_cache"] = collections.OrderedDict()  # each process fills its own
-        return state
+        return {"id": index, "caption": self.captions[index].long(), "image": self.images[index], "key": key}
 
     def __len__(self):
         return len(self.captions)

@@ -56,10 +56,6 @@ class VlpPretrainConfig(BertConfig, ImageConfig):
         default=0.5, metadata={"help": "probability that a caption gets a random image of its batch (with "
                                        "a different key) for paired-image prediction"}
     )
-    image_cache_size: int = field(
-        default=0, metadata={"help": "keep this many images in memory per data process (0: none); helps "
-                                     "small corpora with several captions per image"}
-    )
     max_source_positions: int = field(default=512, metadata={"help": "max caption length in BERT positions"})
     dataset_impl: Optional[str] = II("dataset.dataset_impl")
     seed: int = II("common.seed")
@@ -186,8 +182,7 @@ class VlpPretrainTask(ImageTaskMixin, FairseqTask):
             captions, images, self.dictionary, mask_prob=self.cfg.mask_prob,
             mask_caption_only=self.cfg.mask_caption_only, negative_prob=self.cfg.negative_prob,
             random_token_prob=self.cfg.random_token_prob, leave_unmasked_prob=self.cfg.leave_unmasked_prob,
-            seed=self.cfg.seed, shuffle=(split != "test"), image_cache_size=self.cfg.image_cache_size,
-            max_text_positions=max_text_positions,
+            seed=self.cfg.seed, shuffle=(split != "test"), max_text_positions=max_text_positions,
         )
 
     # ------------------------------------------------------------------ fairseq interface
