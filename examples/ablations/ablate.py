@@ -443,7 +443,7 @@ def variant_row(runner: StepRunner, budget: Budget, args, variant: Variant, curr
     row["mass_per_layer"] = {label: result["layers"] for label, result in mass.items()}
     row["valid_curve"] = valid_bleu_per_epoch(os.path.join(work, train_log(variant.name)))  # greedy, per epoch
     row["lenpen"] = tuned_results(runner, budget, args, variant, current, choice)
-    row["last"] = last_epoch_results(runner, budget, args, variant, current, row["valid_curve"])
+    row["last"] = last_epoch_results(runner, budget, args, variant, current, row)
     interrupted = sum(interrupted_attempt_seconds(os.path.join(work, train_log(variant.name))))
     row["train_seconds"] = round(records[f"train.{variant.name}"]["seconds"] + interrupted, 1)  # every attempt
     row["step_seconds"] = round(sum(r["seconds"] for r in records.values()) + interrupted, 1)
@@ -461,16 +461,17 @@ def tuned_results(runner: StepRunner, budget: Budget, args, variant: Variant, cu
 
 
 def last_epoch_results(runner: StepRunner, budget: Budget, args, variant: Variant, current: Dict[str, bool],
-                       valid_curve: Dict[str, float]) -> Optional[dict]:
+                       row: dict) -> Optional[dict]:
     """valid, test2016 and its probe from the last epoch's checkpoint, and the epoch the best checkpoint is from;
-    where the best checkpoint is the last, its own decodings; None until all are decoded."""
-    epochs = {int(epoch): bleu for epoch, bleu in valid_curve.items()}
+    where the best checkpoint is the last, the scores ``row`` already has of its decodings; None until all are
+    decoded."""
+    epochs = {int(epoch): bleu for epoch, bleu in row["valid_curve"].items()}
     last_epoch = max(epochs) if epochs else None
     same = best_is_last(runner.work_dir, variant.name)
     if same:
+        scored = ("valid", PROBE_SPLIT, "incongruent", "bleu_lost_incongruent")
         return {"best_epoch": last_epoch, "last_epoch": last_epoch, "same_checkpoint": True,
-                "valid": score(args.data, args.tgt, os.path.join(runner.work_dir, generation_output(
-                    variant.name, "valid")), "valid"), **test_results(runner.work_dir, args, variant)}
+                **{key: row[key] for key in scored if key in row}}
     if same is None or not all(current.get(s.name) for s in last_epoch_steps(budget, args, variant)):
         return None
     earlier = {epoch: bleu for epoch, bleu in epochs.items() if epoch != last_epoch}

@@ -12,20 +12,13 @@ import json
 import os
 from typing import Dict, List, Tuple
 
-from result_tables import Row
-from vlp_mmt_fairseq.file_utils import atomic_output
+from result_tables import Row, write_text
 
 Curve = List[Tuple[int, float, int]]
 
 
 class CarriedRowsError(ValueError):
     """A --previous-results folder or file that cannot be read."""
-
-
-def _write(path: str, text: str) -> None:
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
 
 
 def _relative(path: str, work_dir: str) -> str:
@@ -45,11 +38,12 @@ def export_rows(rows: Dict[str, Row], curves: Dict[str, Curve], work_dir: str, o
         for test_set, path in row.outputs.items():
             outputs[test_set] = f"{name}.{test_set}.txt"
             with open(path, encoding="utf-8") as f:
-                _write(os.path.join(out_dir, outputs[test_set]), "".join(line for line in f if line.startswith("D-")))
+                hypotheses = "".join(line for line in f if line.startswith("D-"))
+            write_text(os.path.join(out_dir, outputs[test_set]), hypotheses)
         record = dict(dataclasses.asdict(row), outputs=outputs,
                       tok_references={t: _relative(p, work_dir) for t, p in row.tok_references.items()},
                       curve=[list(point) for point in curves.get(name, [])], exported_from=os.path.abspath(work_dir))
-        _write(os.path.join(out_dir, f"{name}.json"), json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        write_text(os.path.join(out_dir, f"{name}.json"), json.dumps(record, indent=1, ensure_ascii=False) + "\n")
         written.append(name)
     return written
 
