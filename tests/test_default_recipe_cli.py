@@ -19,7 +19,7 @@ def test_the_default_recipe_opens_the_gate_and_reads_the_image(toy_data, toy_cor
     from vlp_mmt_fairseq.compat import register_safe_checkpoint_globals
 
     checkpoint = train(toy_data, toy_corpus, tiny_bert_dir, tmp_path / "stage1", "--freeze-bert",
-                       "--cache-frozen-encoder", "--lr", "3e-3", "--max-update", "300")
+                       "--cache-frozen-encoder", "--lr", "5e-3", "--max-update", "200")
     register_safe_checkpoint_globals()
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model_args = state["cfg"]["model"]

@@ -84,7 +84,8 @@ class Budget:
 
 BUDGETS = {
     "tiny": Budget(
-        name="tiny", summary="pipeline check on the toy corpus (tests): vlp_mmt_tiny, 2 epochs, VLP of 4 and 8 updates",
+        name="tiny",
+        summary="pipeline check on the toy corpus (tests): vlp_mmt_tiny, 2 epochs, VLP of 4 updates, continued to 8",
         arch="vlp_mmt_tiny", decoder=(), max_tokens=2000, lr=2e-3, warmup_updates=10, dropout=0.1, epochs=2,
         vlp_lr=1e-4, vlp_short_updates=4, vlp_long_updates=8, regions_few=1, valid_beam=1, test_beam=2,
         gen_max_tokens=4000, lenpens=(1.0, 2.0),
@@ -93,7 +94,7 @@ BUDGETS = {
         name="cpu",
         summary="full Multi30K on one CPU thread per step: the bundled MiniLM frozen, a 4-layer d=128 decoder "
                 "(FFN 256, 4 heads), 4,096 tokens per batch, lr 2e-3 inverse_sqrt with 200 warm-up updates, "
-                "5 epochs (about 675 updates); VLP of 300 (short) and 600 (long) updates",
+                "5 epochs (about 675 updates); VLP of 300 updates (short), continued to 600 (long)",
         arch="vlp_mmt_tiny",
         decoder=("--decoder-layers", "4", "--decoder-embed-dim", "128", "--decoder-ffn-embed-dim", "256",
                  "--decoder-attention-heads", "4"),
@@ -199,16 +200,22 @@ def vlp_step(budget: Budget, args, which: str) -> Step:
     """VLP (Algorithm 1, steps 3-4) on the training sources and their images: ``which`` is short or long."""
     run = f"pretrain_{which}"  # not vlp_*: the variant vlp_long has its own train step and save dir
     updates = budget.vlp_short_updates if which == "short" else budget.vlp_long_updates
+    # the long run is the short one continued (its optimiser, schedule and data order): the two differ in the
+    # updates alone, and the long one costs only the updates it adds
+    resume, after = ([], []) if which == "short" else \
+        (["--continue-once", "ckpt/pretrain_short/checkpoint_last.pt"], ["train.pretrain_short"])
     return Step(
         f"train.{run}",
         ["fairseq-train", "{DATA}/bert", "--user-dir", USER_DIR, "--task", "vlp_pretrain", "--source-lang", args.src,
          "--arch", "vlp_pretrain_base", "--criterion", "vlp_pretrain_loss", "--bert-model", args.bert_model,
          "--image-features", "{FEATURES}", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
-         "--lr", str(budget.vlp_lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(max(1, updates // 10)),
+         "--lr", str(budget.vlp_lr), "--lr-scheduler", "inverse_sqrt",
+         "--warmup-updates", str(max(1, budget.vlp_short_updates // 10)),
          "--warmup-init-lr", "1e-07", "--weight-decay", "0.01", "--max-tokens", str(budget.max_tokens),
          "--max-update", str(updates), "--save-dir", f"ckpt/{run}", "--no-epoch-checkpoints",
-         "--seed", "1", "--log-format", "json", "--log-interval", "10", *budget.device],
-        outputs=[f"ckpt/{run}/checkpoint_last.pt"], log=train_log(run), clean=[f"ckpt/{run}", train_log(run)],
+         "--seed", "1", "--log-format", "json", "--log-interval", "10", *resume, *budget.device],
+        outputs=[f"ckpt/{run}/checkpoint_last.pt"], after=after, log=train_log(run),
+        clean=[f"ckpt/{run}", train_log(run)],
     )
 
 
