@@ -196,6 +196,12 @@ def train_log(run: str) -> str:
     return f"logs/train.{run}.log"
 
 
+def vlp_checkpoint(which: str) -> str:
+    """The checkpoint the VLP step ``which`` (short or long) leaves: the long run starts from the short one's, and
+    the rows load theirs with --load-vlp."""
+    return f"ckpt/pretrain_{which}/checkpoint_last.pt"
+
+
 def vlp_step(budget: Budget, args, which: str) -> Step:
     """VLP (Algorithm 1, steps 3-4) on the training sources and their images: ``which`` is short or long."""
     run = f"pretrain_{which}"  # not vlp_*: the variant vlp_long has its own train step and save dir
@@ -203,7 +209,7 @@ def vlp_step(budget: Budget, args, which: str) -> Step:
     # the long run is the short one continued (its optimiser, schedule and data order): the two differ in the
     # updates alone, and the long one costs only the updates it adds
     resume, after = ([], []) if which == "short" else \
-        (["--continue-once", "ckpt/pretrain_short/checkpoint_last.pt"], ["train.pretrain_short"])
+        (["--continue-once", vlp_checkpoint("short")], ["train.pretrain_short"])
     return Step(
         f"train.{run}",
         ["fairseq-train", "{DATA}/bert", "--user-dir", USER_DIR, "--task", "vlp_pretrain", "--source-lang", args.src,
@@ -214,7 +220,7 @@ def vlp_step(budget: Budget, args, which: str) -> Step:
          "--warmup-init-lr", "1e-07", "--weight-decay", "0.01", "--max-tokens", str(budget.max_tokens),
          "--max-update", str(updates), "--save-dir", f"ckpt/{run}", "--no-epoch-checkpoints",
          "--seed", "1", "--log-format", "json", "--log-interval", "10", *resume, *budget.device],
-        outputs=[f"ckpt/{run}/checkpoint_last.pt"], after=after, log=train_log(run),
+        outputs=[vlp_checkpoint(which)], after=after, log=train_log(run),
         clean=[f"ckpt/{run}", train_log(run)],
     )
 
@@ -233,7 +239,7 @@ def train_step(budget: Budget, args, variant: Variant) -> Step:
                *variant.model_flags]
     after = []
     if variant.vlp:
-        command += ["--load-vlp", f"ckpt/pretrain_{variant.vlp}/checkpoint_last.pt"]
+        command += ["--load-vlp", vlp_checkpoint(variant.vlp)]
         after.append(f"train.pretrain_{variant.vlp}")
     if variant.cacheable:
         command += ["--cache-frozen-encoder", "--cache-frozen-encoder-dir", f"cache/{v}"]
