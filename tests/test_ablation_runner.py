@@ -127,10 +127,11 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     assert "train.pretrain_short" in commands and "train.pretrain_long" in commands
     # the long VLP continues the short one: the same schedule, 300 updates more
     short, long = commands["train.pretrain_short"], commands["train.pretrain_long"]
-    assert "--continue-once ckpt/pretrain_short/checkpoint_last.pt" in long and "--continue-once" not in short
+    resume = " --continue-once ckpt/pretrain_short/checkpoint_last.pt"
+    assert resume in long and "--continue-once" not in short
     assert "--max-update 300 " in short and "--max-update 600 " in long
     assert short.replace("pretrain_short", "pretrain_long").replace("--max-update 300", "--max-update 600") == \
-        long.replace(" --continue-once ckpt/pretrain_short/checkpoint_last.pt", "")
+        long.replace(resume, "")
     assert "--train-visual-projection" in trains["ffn_trained"] and "--no-regions" in trains["tags_only"]
     assert "--decoder-memory text" in trains["decoder_text"] and "--max-regions 1" in trains["regions_1"]
     # Eq. 1 stated on every multimodal row but the late ones, which put the regions after BERT
