@@ -1,4 +1,4 @@
-"""The options the ablation of issue 14 varies: each changes what it should; the defaults are the recipe it chose.
+"""The options the ablation of issue 14 varies: each changes what it should; the defaults are the row it chose.
 
 --no-regions, --region-embedding, --decoder-memory, --region-fusion, --train-visual-projection; in process, on the
 toy data with a tiny random BERT (as tests/test_vlp_mmt_model.py).
@@ -47,25 +47,35 @@ def encode(model, sample):
 
 
 @pytest.mark.slow
-def test_defaults_are_the_ablation_recipe_and_the_paper_is_an_option(toy_data, toy_corpus, tiny_bert_dir):
+def test_defaults_are_the_ablation_choice_and_the_alternatives_are_options(toy_data, toy_corpus, tiny_bert_dir,
+                                                                           vlp_export):
     from fairseq.modules import MultiheadAttention
 
     from vlp_mmt_fairseq.modules.gated_cross_attention import GatedCrossAttention
 
-    _, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, paper=False)
+    # the ablation's ffn_trained row: Eq. 1, one joint softmax, and FFN(v) from VLP training while BERT is frozen
+    _, model, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export, paper=False)
     encoder = model.encoder
-    assert (encoder.region_fusion, encoder.region_embedding, encoder.decoder_memory) == ("decoder", "none", "all")
-    assert all(type(layer.encoder_attn) is GatedCrossAttention for layer in model.decoder.layers)
+    assert (encoder.region_fusion, encoder.region_embedding, encoder.decoder_memory) == ("bert", "none", "all")
+    assert all(type(layer.encoder_attn) is MultiheadAttention for layer in model.decoder.layers)
     assert not any("region_type" in name for name, _ in model.named_parameters())
-    _, explicit, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--region-fusion", "decoder", "--cross-attention",
-                           "gated", "--region-embedding", "none", "--decoder-memory", "all", paper=False)
+    assert all(p.requires_grad for p in encoder.visual.parameters()) and not encoder.visual_frozen
+    assert not any(p.requires_grad for p in encoder.bert.parameters())
+    _, explicit, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export,
+                           "--region-fusion", "bert", "--cross-attention", "joint", "--train-visual-projection",
+                           "--region-embedding", "none", "--decoder-memory", "all", paper=False)
     assert explicit.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(explicit.state_dict()[k], v) for k, v in model.state_dict().items())
-    _, paper, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--region-fusion", "bert", "--cross-attention", "joint",
-                        paper=False)
-    assert paper.encoder.region_fusion == "bert"
-    assert all(type(layer.encoder_attn) is MultiheadAttention for layer in paper.decoder.layers)
-    assert {k for k in model.state_dict() if k not in paper.state_dict()} == \
+    assert all(p.requires_grad for p in explicit.encoder.visual.parameters())
+    # the paper's stage 1 freezes FFN(v) with BERT; the regions can also go after BERT, behind a closed gate
+    _, paper, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export,
+                        "--no-train-visual-projection", paper=False)
+    assert paper.encoder.visual_frozen and not any(p.requires_grad for p in paper.encoder.visual.parameters())
+    _, gated, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--region-fusion", "decoder", "--cross-attention",
+                        "gated", paper=False)
+    assert gated.encoder.region_fusion == "decoder"
+    assert all(type(layer.encoder_attn) is GatedCrossAttention for layer in gated.decoder.layers)
+    assert {k for k in gated.state_dict() if k not in model.state_dict()} == \
         {f"decoder.layers.{i}.encoder_attn.gate" for i in range(len(model.decoder.layers))}
 
 
@@ -162,7 +172,8 @@ def test_region_embedding_is_added_before_the_layer_norm_of_ffn_v(toy_data, toy_
 @pytest.mark.slow
 def test_region_type_embedding_trains_and_refuses_the_cache(toy_data, toy_corpus, tiny_bert_dir, vlp_export):
     task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--region-embedding", "type",
-                                   "--freeze-bert", "--load-vlp", vlp_export, "--modality-loss", "off")
+                                   "--freeze-bert", "--load-vlp", vlp_export, "--no-train-visual-projection",
+                                   "--modality-loss", "off")
     embedding = model.encoder.region_type_embedding
     assert embedding.requires_grad and any(p is embedding for p in model.parameters())
     assert not any(p.requires_grad for p in model.encoder.visual.parameters())  # FFN(v) from VLP: frozen
@@ -172,16 +183,17 @@ def test_region_type_embedding_trains_and_refuses_the_cache(toy_data, toy_corpus
     assert embedding.grad is not None and embedding.grad.abs().sum() > 0
     with pytest.raises(FrozenEncoderCacheError, match="region-embedding type"):
         FrozenEncoderCache.check(model.encoder, has_regions=True)
-    _, plain, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export)
-    FrozenEncoderCache.check(plain.encoder, has_regions=True)  # today's stage 1 from VLP: cacheable
+    _, plain, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export,
+                        "--no-train-visual-projection")
+    FrozenEncoderCache.check(plain.encoder, has_regions=True)  # the paper's stage 1 from VLP: cacheable
 
 
 @pytest.mark.slow
 def test_train_visual_projection_keeps_ffn_v_training(toy_data, toy_corpus, tiny_bert_dir, vlp_export):
-    _, frozen, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export)
-    assert not any(p.requires_grad for p in frozen.encoder.visual.parameters())  # today's behaviour
-    task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export,
-                                   "--train-visual-projection")
+    _, frozen, _ = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export,
+                         "--no-train-visual-projection")
+    assert not any(p.requires_grad for p in frozen.encoder.visual.parameters())  # the paper's stage 1
+    task, model, criterion = build(toy_data, toy_corpus, tiny_bert_dir, "--freeze-bert", "--load-vlp", vlp_export)
     visual = model.encoder.visual
     assert all(p.requires_grad for p in visual.parameters())
     assert not any(p.requires_grad for p in model.encoder.bert.parameters())

@@ -133,6 +133,9 @@ def test_dry_run_plans_every_variant_with_one_budget(toy_data, toy_corpus, tiny_
     assert short.replace("pretrain_short", "pretrain_long").replace("--max-update 300", "--max-update 600") == \
         long.replace(resume, "")
     assert "--train-visual-projection" in trains["ffn_trained"] and "--no-regions" in trains["tags_only"]
+    # the paper's stage 1 (FFN(v) from VLP frozen) is stated where FFN(v) comes from VLP; today's default trains it
+    assert "--no-train-visual-projection" in trains["base"] and "--no-train-visual-projection" in trains["emb_type"]
+    assert not [n for n in ("ffn_trained", "vlp_none", "late") if "--no-train-visual-projection" in trains[n]]
     assert "--decoder-memory text" in trains["decoder_text"] and "--max-regions 1" in trains["regions_1"]
     # Eq. 1 stated on every multimodal row but the late ones, which put the regions after BERT
     late = {name for name in trains if name.startswith("late")}

@@ -32,14 +32,15 @@ class LossRecordingTrainer(Trainer):
 def stage1_args(toy_data, toy_corpus, tiny_bert_dir, *extra):
     """Stage 1 on the 100-sentence valid split (5 batches an epoch); the decoder keeps its dropout.
 
-    The paper's Eq. 1, where FFN(v) comes before BERT and the cache must key on the image too (with the default
-    --region-fusion decoder BERT reads the text alone: tests/test_ablation_options.py covers its cache)."""
+    The paper's stage 1: Eq. 1, where FFN(v) comes before BERT and the cache must key on the image too, with a
+    pre-trained FFN(v) frozen with BERT (--no-train-visual-projection; by default FFN(v) trains and the cache
+    refuses; with --region-fusion decoder BERT reads the text alone: tests/test_ablation_options.py covers that)."""
     return [
         toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt",
         "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
         "--bert-model", tiny_bert_dir, "--image-features", toy_corpus / "features.h5", "--max-regions", "6",
         "--freeze-bert", "--optimizer", "adam", "--lr", "1e-3", "--max-sentences", "24", "--train-subset", "valid",
-        "--num-workers", "0", "--cpu", "--seed", "1", *PAPER, *extra,
+        "--num-workers", "0", "--cpu", "--seed", "1", *PAPER, "--no-train-visual-projection", *extra,
     ]
 
 

@@ -366,7 +366,11 @@ def test_every_model_is_selected_on_valid_bleu_and_stage_2_starts_from_the_best(
     assert option(trains["train.bert_nmt"], "--warmstart-from") == "ckpt/transformer/checkpoint_best.pt"
     assert option(trains["train.transformer"], "--task") == "translation"  # on data/text: SentencePiece both sides
     for name in ("train.bert_enc_stage1", "train.stage1", "train.full_stage1"):
-        assert "--freeze-bert" in trains[name] and "--cache-frozen-encoder" in trains[name]
+        assert "--freeze-bert" in trains[name]
+    # FFN(v) trains before the frozen BERT in the multimodal rows (the default), so only BERT-enc caches
+    assert [n for n in trains if "--cache-frozen-encoder" in trains[n]] == ["train.bert_enc_stage1"]
+    assert option(trains["train.stage1"], "--max-epoch") == "5" and option(trains["train.bert_enc_stage1"],
+                                                                          "--max-epoch") == "25"
     for name, command in trains.items():  # the multimodal rows take the encoder's image options from the defaults
         assert not [a for a in command if a.startswith(("--region-", "--decoder-memory", "--train-visual"))], name
     assert not [n for n in steps if n.startswith("average.")]
@@ -415,8 +419,9 @@ def test_the_cpu_budget_uses_the_transformer_settings_and_fits_16_hours():
     assert 12 < hours <= b.max_step_hours, f"the cpu budget's steps take an estimated {hours:.2f} h"
     n, t = b.times.batches_per_epoch, b.times
     assert estimate["train.transformer"] == pytest.approx(25 * (n * 45 * 60 / 3300 + 1014 * 0.016))
-    assert estimate["train.stage1"] == pytest.approx(n * (4.8 + 24 * 1.5) + 25 * 1014 * t.greedy_valid)
-    assert "10.8 min (epoch 1)" in b.summary and "14.8 min" in b.summary  # measured per-epoch times described
+    assert estimate["train.stage1"] == pytest.approx(5 * (n * 7.5 + 1014 * t.greedy_valid))
+    assert estimate["train.bert_enc_stage1"] == pytest.approx(n * (2.9 + 24 * 1.5) + 25 * 1014 * t.greedy_valid)
+    assert "6.5 min (epoch 1)" in b.summary and "16.9 min" in b.summary  # measured per-epoch times described
 
 
 def write_caption_proxy_store(path: Path, multi30k_dir: Path, splits=("test_2016_flickr",)):

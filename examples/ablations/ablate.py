@@ -135,7 +135,7 @@ class Variant:
         """Whether nothing before BERT trains, so --cache-frozen-encoder applies."""
         if not self.images or "--no-regions" in self.task_flags or self.regions_after_bert:
             return True
-        return self.vlp is not None and "--train-visual-projection" not in self.model_flags and \
+        return self.vlp is not None and "--no-train-visual-projection" in self.model_flags and \
             "type" not in self.model_flags
 
 
@@ -144,7 +144,9 @@ JOINT = ("--cross-attention", "joint")
 #: the regions bypass BERT's layers and meet the text in the decoder's (joint) cross-attention
 LATE = ("--region-fusion", "decoder", *JOINT)
 #: Eq. 1, the regions inside BERT: given explicitly, so that the rows keep it whatever the model's default is
-PAPER = ("--region-fusion", "bert", *JOINT)
+EQ1 = ("--region-fusion", "bert", *JOINT)
+#: the paper's stage 1: Eq. 1 with FFN(v) from VLP frozen with BERT (the rows from VLP; a fresh FFN(v) trains)
+PAPER = (*EQ1, "--no-train-visual-projection")
 #: the regions after BERT, behind the decoder's per-head gate that starts closed
 GATED = ("--region-fusion", "decoder", "--cross-attention", "gated")
 
@@ -155,13 +157,14 @@ def variants(budget: Budget) -> Dict[str, Variant]:
         Variant("text_plain", "text only, plain BERT (BERT-enc)", vlp=None, images=False),
         Variant("text_vlp", "text only, BERT from the short VLP", images=False),
         Variant("text_vlp_long", "text only, BERT from the long VLP", vlp="long", images=False),
-        Variant("base", "short VLP, FFN(v) frozen, tags + regions (today's stage 1)", model_flags=PAPER),
-        Variant("vlp_none", "no VLP (plain BERT, fresh FFN(v), trained)", vlp=None, model_flags=PAPER),
+        Variant("base", "short VLP, FFN(v) frozen, tags + regions (the paper's stage 1)", model_flags=PAPER),
+        Variant("vlp_none", "no VLP (plain BERT, fresh FFN(v), trained)", vlp=None, model_flags=EQ1),
         Variant("vlp_none_noise", "vlp_none, trained and tested with another sentence's image (--shuffle-images-seed "
                 "1): FFN(v)'s trained input to BERT, without what the image says", vlp=None, task_flags=tuple(PROBE),
-                model_flags=PAPER),
+                model_flags=EQ1),
         Variant("vlp_long", "long VLP", vlp="long", model_flags=PAPER),
-        Variant("ffn_trained", "FFN(v) trained in stage 1", model_flags=(*PAPER, "--train-visual-projection")),
+        Variant("ffn_trained", "FFN(v) trained in stage 1 (today's default)",
+                model_flags=(*EQ1, "--train-visual-projection")),
         Variant("tags_only", "tags only (no regions)", task_flags=("--no-regions",), model_flags=PAPER),
         Variant("regions_only", "regions only (no tags)", task_flags=("--no-tags",), model_flags=PAPER),
         Variant(f"regions_{few}", f"at most {few} region(s)", task_flags=("--max-regions", few), model_flags=PAPER),

@@ -114,7 +114,7 @@ def main():
     images = ["--image-features", args.features]
     kinds = {
         "text_cached": ["--no-images", "--cache-frozen-encoder"],
-        "multimodal_cached": [*images, "--load-vlp", vlp, "--cache-frozen-encoder"],
+        "multimodal_cached": [*images, "--load-vlp", vlp, "--no-train-visual-projection", "--cache-frozen-encoder"],
         "multimodal_ffn_trained": [*images, "--load-vlp", vlp, "--train-visual-projection"],
     }
     results = {"batches_timed": args.batches, "threads": torch.get_num_threads()}

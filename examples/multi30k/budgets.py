@@ -31,16 +31,15 @@ class Size:
 class StepTimes:
     """Measured seconds per kind of step: one torch thread, real Multi30K en-de, ``batches_per_epoch`` batches.
 
-    Each figure is the top of its measured range, so that the estimate errs on the long side. Stage 1 with
-    the frozen-encoder cache fills the cache in its first epoch and reuses it later; an uncached run (stage 2,
-    End2End, BERT-NMT) runs BERT every batch.
+    Each figure is the top of its measured range, so that the estimate errs on the long side. Text-only stage 1
+    with the frozen-encoder cache fills the cache in its first epoch and reuses it later; multimodal stage 1 (FFN(v)
+    trains into the frozen BERT, the default) and every other run (stage 2, End2End, BERT-NMT) run BERT every batch.
     """
 
     batches_per_epoch: int
     text_stage1_first: float  # s/batch, text-only stage 1, epoch 1 (2.4-2.9 measured)
     text_stage1_later: float  # s/batch, later epochs (1.4-1.5)
-    image_stage1_first: float  # s/batch, multimodal stage 1, epoch 1 (4.1-4.8)
-    image_stage1_later: float  # s/batch, later epochs (1.4-1.5)
+    image_stage1: float  # s/batch, multimodal stage 1 with FFN(v) training before the frozen BERT (7.5)
     uncached: float  # s/batch, BERT forward and backward every batch (5.6-6.6)
     transformer: float  # s/update of the stock transformer (45 min for about 3,300 updates)
     vlp: float  # s/update (12.4-14.6)
@@ -58,7 +57,7 @@ class StepTimes:
         n = self.batches_per_epoch
         return (f"measured per epoch of {n} batches at one thread: text-only stage 1 "
                 f"{self.epoch_minutes(self.text_stage1_first, self.text_stage1_later)} min (later epochs, cached); "
-                f"multimodal stage 1 {self.epoch_minutes(self.image_stage1_first, self.image_stage1_later)} min; "
+                f"multimodal stage 1 (uncached: FFN(v) trains before BERT) {self.image_stage1 * n / 60:.1f} min; "
                 f"uncached (stage 2, End2End; BERT-NMT assumed alike) {self.uncached * n / 60:.1f} min; the "
                 f"Transformer {self.transformer * n / 60:.1f} min; VLP {self.vlp:.1f} s per update; validation "
                 f"{self.greedy_valid * 1000:.0f} ms and beam-5 generation {self.beam_generate * 1000:.0f} ms per "
@@ -98,7 +97,8 @@ class Budget:
     # schedule, in epochs (the curves are per epoch), and VLP in updates
     transformer_epochs: int
     bert_nmt_epochs: int
-    stage1_epochs: int
+    stage1_epochs: int  # text-only stage 1 (BERT-enc), cached
+    image_stage1_epochs: int  # multimodal stage 1: BERT runs every batch, since FFN(v) trains before it
     stage2_epochs: int
     end2end_epochs: int
     vlp_updates: int
@@ -122,8 +122,8 @@ class Budget:
 
 
 #: measured on the 2-core development machine (one torch thread per step, 4,096 tokens per batch)
-CPU_TIMES = StepTimes(batches_per_epoch=135, text_stage1_first=2.9, text_stage1_later=1.5, image_stage1_first=4.8,
-                      image_stage1_later=1.5, uncached=6.6, transformer=45 * 60 / 3300, vlp=14.6, greedy_valid=0.016,
+CPU_TIMES = StepTimes(batches_per_epoch=135, text_stage1_first=2.9, text_stage1_later=1.5, image_stage1=7.5,
+                      uncached=6.6, transformer=45 * 60 / 3300, vlp=14.6, greedy_valid=0.016,
                       beam_generate=0.029)
 CPU_SIZE = Size(layers=4, dim=128, ffn=256, heads=4)
 
@@ -139,7 +139,8 @@ BUDGETS = {
         bert_nmt_arch="bert_fused_tiny", vlp_mmt_arch="vlp_mmt_tiny", vlp_arch="vlp_pretrain_base", size=None,
         max_tokens=3000, lr=2e-3, warmup_updates=40, finetune_lr=1e-4, finetune_warmup_updates=10, vlp_lr=5e-5,
         dropout=0.1,
-        transformer_epochs=10, bert_nmt_epochs=3, stage1_epochs=10, stage2_epochs=2, end2end_epochs=8,
+        transformer_epochs=10, bert_nmt_epochs=3, stage1_epochs=10, image_stage1_epochs=10, stage2_epochs=2,
+        end2end_epochs=8,
         vlp_updates=30,
         valid_beam=1, test_beam=5, gen_max_tokens=6000, device_flags=("--cpu", "--num-workers", "0"),
     ),
@@ -148,7 +149,8 @@ BUDGETS = {
         summary="full Multi30K on the CPU, at most 16 hours of step time at one torch thread per step: the bundled "
                 "MiniLM, 4-layer d=128 decoders (FFN 256, 4 heads; the Transformer 4+4 layers), 6,000 "
                 "SentencePiece pieces per side, 4,096 tokens per batch, lr 0.005 inverse_sqrt with 2,000 warm-up "
-                "updates, dropout 0.3; epochs: Transformer 25 (about 3,400 updates), stage 1 25, stage 2 2, "
+                "updates, dropout 0.3; epochs: Transformer 25 (about 3,400 updates), text-only stage 1 25, "
+                "multimodal stage 1 5 (uncached, so fewer: about 675 updates, as in the stage-1 ablation), stage 2 2, "
                 "End2End 5, BERT-NMT 3; VLP 300 updates; " + CPU_TIMES.describe(),
         train_sentences=None, valid_sentences=None, test_sentences=None, spm_vocab_size=6000,
         feature_dim=64, regions=10,
@@ -156,7 +158,8 @@ BUDGETS = {
         bert_nmt_arch="bert_fused_tiny", vlp_mmt_arch="vlp_mmt_tiny", vlp_arch="vlp_pretrain_base", size=CPU_SIZE,
         max_tokens=4096, lr=5e-3, warmup_updates=2000, finetune_lr=5e-5, finetune_warmup_updates=100, vlp_lr=5e-5,
         dropout=0.3,
-        transformer_epochs=25, bert_nmt_epochs=3, stage1_epochs=25, stage2_epochs=2, end2end_epochs=5,
+        transformer_epochs=25, bert_nmt_epochs=3, stage1_epochs=25, image_stage1_epochs=5, stage2_epochs=2,
+        end2end_epochs=5,
         vlp_updates=300,
         valid_beam=1, test_beam=5, gen_max_tokens=8000, device_flags=("--cpu", "--num-workers", "0"),
         times=CPU_TIMES, max_step_hours=16.0,
@@ -171,7 +174,8 @@ BUDGETS = {
         bert_nmt_arch="bert_fused_base", vlp_mmt_arch="vlp_mmt_base", vlp_arch="vlp_pretrain_base", size=None,
         max_tokens=4096, lr=5e-4, warmup_updates=2000, finetune_lr=5e-5, finetune_warmup_updates=400, vlp_lr=5e-5,
         dropout=0.3,
-        transformer_epochs=50, bert_nmt_epochs=30, stage1_epochs=30, stage2_epochs=10, end2end_epochs=40,
+        transformer_epochs=50, bert_nmt_epochs=30, stage1_epochs=30, image_stage1_epochs=30, stage2_epochs=10,
+        end2end_epochs=40,
         vlp_updates=20000,
         valid_beam=5, test_beam=5, gen_max_tokens=16000, device_flags=("--fp16",),
     ),

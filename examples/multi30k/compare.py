@@ -367,7 +367,7 @@ def write_curves(setup: recipe.Setup, by_system: dict, out: str) -> dict:
         curves[recipe.SYSTEMS[name].label] = by_system[name]
     if any(curves.values()):
         b = setup.budget
-        plot_curves(curves, b.stage1_epochs,
+        plot_curves(curves, (b.stage1_epochs, b.image_stage1_epochs),
                     f"Validation BLEU per epoch ({setup.src}-{setup.tgt}, budget '{b.name}', "
                     f"beam {b.valid_beam}; {setup.feature_label})",
                     os.path.join(out, "valid_bleu.png"))

@@ -3,7 +3,7 @@
 The log records are read by :mod:`vlp_mmt_fairseq.evaluation.train_logs`; a system's curve runs across its
 training runs (stage 1, then stage 2).
 """
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 from vlp_mmt_fairseq.evaluation.train_logs import valid_bleu_per_epoch
 
@@ -18,8 +18,10 @@ def system_curve(log_paths: List[str]) -> List[Tuple[int, float, int]]:
     return points
 
 
-def plot_curves(curves: Dict[str, List[Tuple[int, float, int]]], stage1_epochs: int, title: str, path: str) -> None:
-    """A PNG of the curves (label -> points), with the stage boundary of the two-stage systems."""
+def plot_curves(curves: Dict[str, List[Tuple[int, float, int]]], stage1_epochs: Iterable[int], title: str,
+                path: str) -> None:
+    """A PNG of the curves (label -> points), with the stage boundaries of the two-stage systems (after each of
+    the budget's stage-1 lengths)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,8 +38,9 @@ def plot_curves(curves: Dict[str, List[Tuple[int, float, int]]], stage1_epochs: 
         # one-stage curves dashed and on top: BERT-NMT's warm-start epochs repeat the transformer's curve
         axis.plot(epochs, bleu, marker="o" if two_stage else ".", linestyle="-" if two_stage else "--",
                   linewidth=1.5 if two_stage else 2.0, markersize=4, zorder=2 if two_stage else 3, label=label)
-    axis.axvline(stage1_epochs + 0.5, color="grey", linestyle=":", linewidth=1)
-    axis.text(stage1_epochs + 0.6, 0.02, "stage 2 →", transform=axis.get_xaxis_transform(), color="grey")
+    for epochs in sorted(set(stage1_epochs)):
+        axis.axvline(epochs + 0.5, color="grey", linestyle=":", linewidth=1)
+        axis.text(epochs + 0.6, 0.02, "stage 2 →", transform=axis.get_xaxis_transform(), color="grey")
     axis.set_xlabel("epoch (stage 2 epochs follow stage 1)")
     axis.set_ylabel("validation BLEU")
     axis.set_title(title, fontsize=10)

@@ -325,9 +325,10 @@ def vlp_mmt_step(setup: Setup, run: str) -> Step:
     elif not text_only:
         command += ["--load-vlp", VLP_CHECKPOINT]
         after = after + ["train.vlp"]
-    if stage == 1:
-        command += ["--freeze-bert", "--cache-frozen-encoder"]
-    epochs = {0: b.end2end_epochs, 1: b.stage1_epochs, 2: b.stage2_epochs}[stage]
+    if stage == 1:  # the multimodal rows' FFN(v) trains before the frozen BERT (the default): no cache there
+        command += ["--freeze-bert", "--cache-frozen-encoder"] if text_only else ["--freeze-bert"]
+    epochs = {0: b.end2end_epochs, 1: b.stage1_epochs if text_only else b.image_stage1_epochs,
+              2: b.stage2_epochs}[stage]
     command += optimisation(b, run, epochs, finetune=stage == 2)
     return Step(f"train.{run}", command, outputs=train_outputs(run), after=after, log=train_log(run),
                 clean=[f"ckpt/{run}", train_log(run)])
@@ -449,10 +450,10 @@ def training_seconds(setup: Setup, run: str) -> float:
     if run == "bert_nmt":  # not measured: BERT runs every batch, as in an uncached run (forward only: less)
         return b.bert_nmt_epochs * (n * t.uncached + valid)
     stage = VLP_MMT_RUNS[run][0]
+    if stage == 1 and run in TEXT_ONLY_RUNS:
+        return n * (t.text_stage1_first + (b.stage1_epochs - 1) * t.text_stage1_later) + b.stage1_epochs * valid
     if stage == 1:
-        first, later = ((t.text_stage1_first, t.text_stage1_later) if run in TEXT_ONLY_RUNS
-                        else (t.image_stage1_first, t.image_stage1_later))
-        return n * (first + (b.stage1_epochs - 1) * later) + b.stage1_epochs * valid
+        return b.image_stage1_epochs * (n * t.image_stage1 + valid)
     epochs = b.end2end_epochs if stage == 0 else b.stage2_epochs
     return epochs * (n * t.uncached + valid)
 

@@ -22,8 +22,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 INSPECT = REPO / "examples" / "modality_lambda" / "inspect_lambda.py"
 
-#: the table in README.md was measured with the paper's model (Eq. 1 and the joint cross-attention), the
-#: defaults until the stage-1 ablation moved them; stated here so that the command still gives that table
+#: the table in README.md was measured with the paper's model (Eq. 1 and the joint cross-attention, the default
+#: again since 2026-12-03); stated here so that the command gives that table whatever the defaults are
 PAPER_FUSION = ["--region-fusion", "bert", "--cross-attention", "joint"]
 
 VARIANTS = {

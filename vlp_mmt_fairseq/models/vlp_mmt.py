@@ -1,13 +1,16 @@
 """Model ``vlp_mmt``: the multimodal BERT encoder plus fairseq's transformer decoder.
 
-By default (``--region-fusion decoder --cross-attention gated``) BERT reads the text and tags alone, FFN(v)
-is appended after it, and each decoder layer's cross-attention adds the regions through a per-head gate that
-starts closed (:mod:`~vlp_mmt_fairseq.modules.gated_cross_attention`), so training starts from the text-only
-model. ``--region-fusion bert --cross-attention joint`` is the paper's: the regions inside BERT (Eq. 1), and
-one softmax over all encoder positions (source, tags and regions) together. For the modality loss, the
-decoder can also return the query that each layer's cross-attention received
-(``return_cross_attn_queries=True``); translation never asks for it.
+By default the model is the paper's (``--region-fusion bert --cross-attention joint``): one BERT pass over text,
+tags and FFN(v) of the regions (Eq. 1), and one softmax over all encoder positions (source, tags and regions)
+in each decoder layer's cross-attention. Unlike the paper's stage 1, FFN(v) keeps training while BERT is frozen
+(``--train-visual-projection``, the stage-1 ablation's best row; ``--no-train-visual-projection`` freezes a
+pre-trained FFN(v) with BERT). ``--region-fusion decoder`` appends FFN(v) after BERT instead, and
+``--cross-attention gated`` adds the regions through a per-head gate that starts closed
+(:mod:`~vlp_mmt_fairseq.modules.gated_cross_attention`). For the modality loss, the decoder can also return the
+query that each layer's cross-attention received (``return_cross_attn_queries=True``); translation never asks
+for it.
 """
+import argparse
 import logging
 
 import torch
@@ -115,10 +118,13 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         TransformerModel.add_args(parser)  # the decoder's options, as fairseq's transformer has them
         add_dataclass_args(parser, BertEncoderConfig())
         parser.add_argument("--freeze-bert", action="store_true",
-                            help="stage 1: freeze BERT (and FFN(v) when it comes from --load-vlp)")
-        parser.add_argument("--train-visual-projection", action="store_true",
-                            help="stage 1: keep FFN(v) training when it comes from --load-vlp (default: frozen "
-                                 "with BERT); BERT's output then changes, so --cache-frozen-encoder cannot be used")
+                            help="stage 1: freeze BERT (FFN(v) keeps training unless --no-train-visual-projection)")
+        parser.add_argument("--train-visual-projection", action=argparse.BooleanOptionalAction, default=True,
+                            help="stage 1: keep FFN(v) training while BERT is frozen (default: the stage-1 "
+                                 "ablation's best row, examples/ablations); --no-train-visual-projection freezes "
+                                 "FFN(v) from --load-vlp with BERT, as the paper's stage 1 freezes the whole "
+                                 "encoder, and is what --cache-frozen-encoder needs when the regions enter BERT "
+                                 "(a fresh FFN(v), without --load-vlp, always trains)")
         parser.add_argument("--region-embedding", choices=REGION_EMBEDDINGS, default="none",
                             help="what is added to FFN(v) of each region, before its layer norm: none (Eq. 1, "
                                  "default); segment: BERT's segment embedding of segment 1 (the tags' segment); "
@@ -128,18 +134,18 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
                             help="what the decoder's cross-attention sees: all encoder positions (default), or "
                                  "text: the regions are hidden from it and shape the text states only through "
                                  "BERT's self-attention (the modality loss then cannot run)")
-        parser.add_argument("--region-fusion", choices=REGION_FUSIONS, default="decoder",
-                            help="where the regions meet the text: decoder (default): BERT runs over the text "
-                                 "(and tags) alone and FFN(v) is appended after it, so the regions leave the text "
-                                 "states untouched and reach the translation through the decoder's cross-attention; "
-                                 "FFN(v) then trains in stage 1, and --cache-frozen-encoder still applies; bert: "
-                                 "BERT's layers run over text and FFN(v) together (Eq. 1, the paper)")
-        parser.add_argument("--cross-attention", choices=CROSS_ATTENTIONS, default="gated",
-                            help="how the decoder attends to the encoder: gated (default): per head, text (and "
-                                 "tags) and regions attended apart from the same query and summed as "
-                                 "a_x + tanh(g) a_v with g = 0 at the start, so training starts from the text-only "
-                                 "model and opens the gate only as far as the regions help; joint: one softmax over "
-                                 "text, tag and region positions (the paper)")
+        parser.add_argument("--region-fusion", choices=REGION_FUSIONS, default="bert",
+                            help="where the regions meet the text: bert (default): BERT's layers run over text and "
+                                 "FFN(v) together (Eq. 1, the paper); decoder: BERT runs over the text (and tags) "
+                                 "alone and FFN(v) is appended after it, so the regions leave the text states "
+                                 "untouched and reach the translation through the decoder's cross-attention; FFN(v) "
+                                 "then sits after the frozen BERT, and --cache-frozen-encoder still applies")
+        parser.add_argument("--cross-attention", choices=CROSS_ATTENTIONS, default="joint",
+                            help="how the decoder attends to the encoder: joint (default): one softmax over text, "
+                                 "tag and region positions (the paper); gated: per head, text (and tags) and "
+                                 "regions attended apart from the same query and summed as a_x + tanh(g) a_v with "
+                                 "g = 0 at the start, so training starts from the text-only model and opens the "
+                                 "gate only as far as the regions help")
         parser.add_argument("--load-vlp", metavar="PATH", default=None,
                             help="initialise BERT and FFN(v) from a vlp_pretrain checkpoint (or a directory "
                                  "written by vlp-mmt-export-bert); the pre-training heads are dropped")
@@ -185,8 +191,8 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
         elif getattr(args, "export_vlp_bert", None):
             raise ValueError("--export-vlp-bert needs --load-vlp")
         encoder.frozen_dropout = getattr(args, "frozen_bert_dropout", False)
-        # with --region-fusion decoder FFN(v) sits after the frozen BERT and costs little to train
-        visual_trains = getattr(args, "train_visual_projection", False) or encoder.region_fusion == "decoder"
+        # with --region-fusion decoder FFN(v) sits after the frozen BERT, and nothing cached depends on it
+        visual_trains = getattr(args, "train_visual_projection", True) or encoder.region_fusion == "decoder"
         visual_frozen = loaded_visual and not visual_trains
         encoder.set_frozen(getattr(args, "freeze_bert", False), visual_frozen=visual_frozen)
         if getattr(args, "cache_frozen_encoder", False):

@@ -141,9 +141,9 @@ class FrozenEncoderCache:
                                           "BERT's output changes with every dropout mask")
         if has_regions and not encoder.visual_frozen:
             raise FrozenEncoderCacheError(
-                "--cache-frozen-encoder: FFN(v) trains before BERT, so BERT's output changes; initialise FFN(v) "
-                "with --load-vlp (stage 1 then freezes it, unless --train-visual-projection) or train without "
-                "images (--no-images) or regions (--no-regions)")
+                "--cache-frozen-encoder: FFN(v) trains before BERT, so BERT's output changes; freeze a pre-trained "
+                "FFN(v) (--load-vlp with --no-train-visual-projection), put the regions after BERT (--region-fusion "
+                "decoder), or train without images (--no-images) or regions (--no-regions)")
         if has_regions and getattr(encoder, "region_type_embedding", None) is not None:
             raise FrozenEncoderCacheError(
                 "--cache-frozen-encoder cannot be combined with --region-embedding type: the learned region-type "
