@@ -154,7 +154,9 @@ class VlpMmtModel(FairseqEncoderDecoderModel):
                                  "directory (see vlp-mmt-export-bert)")
         parser.add_argument("--cache-frozen-encoder", action="store_true",
                             help="stage 1: compute the frozen BERT's output once per sentence and reuse it in "
-                                 "later epochs (needs --freeze-bert, and --load-vlp or --no-images)")
+                                 "later epochs (needs --freeze-bert, and nothing trainable before BERT: --no-images, "
+                                 "--no-regions, --region-fusion decoder, or --load-vlp with "
+                                 "--no-train-visual-projection)")
         parser.add_argument("--cache-frozen-encoder-mem-mb", type=float, metavar="MB", default=2048,
                             help="memory for --cache-frozen-encoder; the rest spills to disk (default: 2048)")
         parser.add_argument("--cache-frozen-encoder-dir", metavar="DIR", default=None,
