@@ -325,8 +325,10 @@ def vlp_mmt_step(setup: Setup, run: str) -> Step:
     elif not text_only:
         command += ["--load-vlp", VLP_CHECKPOINT]
         after = after + ["train.vlp"]
-    if stage == 1:  # the multimodal rows' FFN(v) trains before the frozen BERT (the default): no cache there
-        command += ["--freeze-bert", "--cache-frozen-encoder"] if text_only else ["--freeze-bert"]
+    if stage == 1:
+        command += ["--freeze-bert"]
+    if stage == 1 and text_only:  # the multimodal rows' FFN(v) trains before the frozen BERT (the default)
+        command += ["--cache-frozen-encoder"]
     epochs = {0: b.end2end_epochs, 1: b.stage1_epochs if text_only else b.image_stage1_epochs,
               2: b.stage2_epochs}[stage]
     command += optimisation(b, run, epochs, finetune=stage == 2)
