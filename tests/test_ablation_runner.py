@@ -49,11 +49,16 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
     assert test["delta_low"] - 0.01 <= test["delta"] <= test["delta_high"] + 0.01
     assert rows[GATED]["bleu_lost_incongruent"] == pytest.approx(
         rows[GATED]["test2016"]["bleu"] - rows[GATED]["incongruent"]["bleu"], abs=0.011)
+    shuffled = rows[GATED]["incongruent"]["vs_real_images"]  # the same bootstrap, shuffled against real images
+    assert shuffled["reference"] == "real images" and 0 <= shuffled["p_value"] <= 1
+    assert shuffled["delta_low"] - 0.01 <= shuffled["delta"] <= shuffled["delta_high"] + 0.01
+    assert "vs_real_images" not in rows["text_plain"].get("incongruent", {})
     text_mass = rows["text_plain"]["mass"]["last"]
     assert text_mass["region"] == 0 and text_mass["tag"] == 0 and text_mass["text"] > 0
     assert rows[GATED]["mass"]["last"]["region"] > 0 and rows[GATED]["mass"]["last"]["tag"] == 0  # --no-tags
     table = (work / "results" / "ablation.md").read_text()
     assert "| text_plain |" in table and f"| {GATED} |" in table
+    assert f"| {shuffled['delta']:+.2f} [{shuffled['delta_low']:+.2f}, {shuffled['delta_high']:+.2f}]" in table
     assert (work / "results" / "ablation.csv").read_text().count("\n") == 3
     assert (work / "results" / "attention_mass.png").read_bytes()[:4] == b"\x89PNG"
     assert (work / "mass" / f"{GATED}.png").exists()

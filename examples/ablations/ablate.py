@@ -18,7 +18,7 @@ interrupted run continues.
 
 The table (``WORK/results/ablation.{md,csv,json}``, ``attention_mass.png``) gives per variant the detokenized
 sacreBLEU on valid and test2016 (and the lowercased tokenized BLEU where the data has ``tok/``), the BLEU lost
-with shuffled images, the step times, and the cross-attention mass on text, tag and region positions (mean over
+with shuffled images (and its paired bootstrap against the real images), the step times, and the cross-attention mass on text, tag and region positions (mean over
 decoder layers) after the first and the last epoch.
 """
 import argparse
@@ -538,13 +538,14 @@ def significance_references(args) -> List[str]:
     return lowercase_normalize_tokenize(raw, args.tgt)
 
 
-def versus_reference(system: List[str], reference_system: List[str], references: List[str]) -> dict:
+def versus_reference(system: List[str], reference_system: List[str], references: List[str],
+                     against: str = REFERENCE) -> dict:
     """Paired bootstrap (1,000 resamples) of two systems' tokenized test2016 outputs: the difference in BLEU, its
-    95% interval and p; identical outputs get p = 1."""
+    95% interval and p; identical outputs get p = 1. ``against`` names what ``reference_system`` is."""
     from vlp_mmt_fairseq.evaluation.significance import paired_bootstrap
 
     result = paired_bootstrap(system, reference_system, references)
-    return {"reference": REFERENCE, "delta": round(result.delta, 2), "delta_low": round(result.delta_low, 2),
+    return {"reference": against, "delta": round(result.delta, 2), "delta_low": round(result.delta_low, 2),
             "delta_high": round(result.delta_high, 2), "p_value": round(result.p_value, 4)}
 
 
@@ -577,6 +578,19 @@ def add_significance(rows: List[dict], work: str, args) -> None:
                                                              references)
         if last is not None and row.get("last"):
             row["last"]["vs_reference"] = versus_reference(last_hypotheses(row), last, references)
+
+
+def add_shuffle_significance(rows: List[dict], work: str, args) -> None:
+    """Each finished image row's test2016 'BLEU tok' with shuffled images against its own with the real ones
+    (``incongruent.vs_real_images``): whether what the image says, not only that there is one, moves the BLEU."""
+    references = None
+    for row in rows:
+        if not (row["finished"] and "incongruent" in row):
+            continue
+        references = references or significance_references(args)
+        real, shuffled = (tokenized_hypotheses(args.data, args.tgt, os.path.join(
+            work, generation_output(row["variant"], PROBE_SPLIT, probe)), PROBE_SPLIT) for probe in (False, True))
+        row["incongruent"]["vs_real_images"] = versus_reference(shuffled, real, references, against="real images")
 
 
 def add_previous_rows(rows: List[dict], path: str) -> List[str]:
@@ -618,7 +632,7 @@ def mass_cell(row: dict, kind: str) -> str:
 
 COLUMNS = ["variant", "what differs from base", "valid BLEU", "test2016 BLEU", "test2016 BLEU tok",
            f"tok vs {REFERENCE}", "test2016 length ratio", "test2016 BLEU without BP", "shuffled",
-           "BLEU lost shuffled", "valid BLEU per epoch (greedy)", "train min",
+           "BLEU lost shuffled", "tok shuffled vs real", "valid BLEU per epoch (greedy)", "train min",
            "steps min", "text mass", "tag mass", "region mass"]
 
 
@@ -631,10 +645,11 @@ def length_cells(result: dict) -> List[str]:
 def table_cells(row: dict) -> List[str]:
     if not row["finished"]:
         return [row["variant"], row["label"]] + ["not run"] + [""] * (len(COLUMNS) - 3)
-    incongruent = row.get("incongruent", {}).get("bleu")
+    incongruent = row.get("incongruent", {})
     return [row["variant"], row["label"], fmt(row["valid"]["bleu"]), fmt(row["test2016"]["bleu"]),
             fmt(row["test2016"]["bleu_tok"]), significance_cell(row.get("vs_reference")),
-            *length_cells(row["test2016"]), fmt(incongruent), fmt(row.get("bleu_lost_incongruent"), 2), curve_cell(row),
+            *length_cells(row["test2016"]), fmt(incongruent.get("bleu")), fmt(row.get("bleu_lost_incongruent"), 2),
+            significance_cell(incongruent.get("vs_real_images")), curve_cell(row),
             fmt(row["train_seconds"] / 60), fmt(row["step_seconds"] / 60),
             mass_cell(row, "text"), mass_cell(row, "tag"), mass_cell(row, "region")]
 
@@ -681,6 +696,7 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
     rows = [variant_row(runner, budget, args, variants(budget)[name], current, choices[name])
             for name in args.variants]
     add_significance(rows, runner.work_dir, args)
+    add_shuffle_significance(rows, runner.work_dir, args)
     earlier = add_previous_rows(rows, args.previous_results) if args.previous_results else []
     out = os.path.join(runner.work_dir, "results")
     os.makedirs(out, exist_ok=True)
@@ -699,7 +715,8 @@ def write_results(runner: StepRunner, budget: Budget, args, vlp_seconds: Dict[st
         "difference, by paired bootstrap resampling (sacreBLEU's, 1,000 resamples; * p < 0.05). 'valid BLEU per "
         "epoch': the greedy validation of each epoch, from which the best checkpoint was chosen. 'length ratio': "
         "the test2016 hypotheses' length over the references' (sacreBLEU's tokens); 'without BP': the BLEU "
-        "divided by its brevity penalty, i.e. the geometric mean of the n-gram precisions.",
+        "divided by its brevity penalty, i.e. the geometric mean of the n-gram precisions. 'tok shuffled vs real': "
+        "the shuffled-image test2016 'BLEU tok' minus the real-image one, by the same paired bootstrap.",
         "Length penalty (second table): valid decoded at each --lenpen of "
         f"{', '.join(f'{x:g}' for x in budget.lenpens)} (beam {budget.test_beam}); test2016 and its shuffled probe "
         f"decoded again at the one with the best valid BLEU; 'tok vs {REFERENCE} (tuned)' compares with "
