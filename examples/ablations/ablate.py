@@ -17,9 +17,9 @@ vlp_mmt_fairseq/step_runner.py (the StepRunner of the Multi30K comparison): fini
 interrupted run continues.
 
 The table (``WORK/results/ablation.{md,csv,json}``, ``attention_mass.png``) gives per variant the detokenized
-sacreBLEU on valid and test2016 (and the lowercased tokenized BLEU where the data has ``tok/``), the BLEU lost
-with shuffled images (and its paired bootstrap against the real images), the step times, and the cross-attention mass on text, tag and region positions (mean over
-decoder layers) after the first and the last epoch.
+sacreBLEU on valid and test2016 (and the lowercased tokenized BLEU where the data has ``tok/``), the BLEU lost with
+shuffled images (and its paired bootstrap against the real images), the step times, and the cross-attention mass on
+text, tag and region positions (mean over decoder layers) after the first and the last epoch.
 """
 import argparse
 import json
