@@ -1,5 +1,5 @@
 """examples/ablations/ablate.py: the tiny budget end to end on the toy corpus, for two variants (the text-only
-BERT-enc and the chosen recipe: the regions after BERT, behind the closed gate), two steps side by side, then
+BERT-enc and a cached image row: the regions after BERT, behind the closed gate), two steps side by side, then
 resumed without running anything again; and the plan of every variant of the `cpu` budget."""
 import json
 import re
@@ -11,7 +11,7 @@ import pytest
 from utils import REPO_ROOT, cli_env
 
 ABLATE = REPO_ROOT / "examples" / "ablations" / "ablate.py"
-GATED = "late_novlp_regions_gated"  # the row of the chosen defaults
+GATED = "late_novlp_regions_gated"  # an image row that the frozen-encoder cache serves, so the test stays short
 
 
 def ablate(toy_data, toy_corpus, tiny_bert_dir, work, *extra):
