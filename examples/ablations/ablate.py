@@ -525,6 +525,13 @@ def tokenized_hypotheses(data: str, tgt: str, output: str, split: str) -> List[s
     return lowercase_normalize_tokenize(read_detokenized_hypotheses(output, count), tgt)
 
 
+def row_hypotheses(work: str, args, name: str, probe: bool = False, lenpen: float = DEFAULT_LENPEN,
+                   checkpoint: str = "best") -> List[str]:
+    """A row's tokenized test2016 hypotheses (its real or, with ``probe``, shuffled images), as 'BLEU tok' counts."""
+    output = os.path.join(work, generation_output(name, PROBE_SPLIT, probe, lenpen, checkpoint))
+    return tokenized_hypotheses(args.data, args.tgt, output, PROBE_SPLIT)
+
+
 def significance_references(args) -> List[str]:
     """test2016's tokenized references of 'BLEU tok': ``DATA/tok``, or else the raw ones lowercased and tokenized
     as the hypotheses are."""
@@ -560,8 +567,7 @@ def add_significance(rows: List[dict], work: str, args) -> None:
     references = significance_references(args)
 
     def hypotheses(name: str, lenpen: float = DEFAULT_LENPEN, checkpoint: str = "best") -> List[str]:
-        output = os.path.join(work, generation_output(name, PROBE_SPLIT, False, lenpen, checkpoint))
-        return tokenized_hypotheses(args.data, args.tgt, output, PROBE_SPLIT)
+        return row_hypotheses(work, args, name, lenpen=lenpen, checkpoint=checkpoint)
 
     def last_hypotheses(row: dict) -> List[str]:  # where the best checkpoint is the last, its own decoding
         return hypotheses(row["variant"], checkpoint="best" if row["last"].get("same_checkpoint") else "last")
@@ -588,8 +594,7 @@ def add_shuffle_significance(rows: List[dict], work: str, args) -> None:
         if not (row["finished"] and "incongruent" in row):
             continue
         references = references or significance_references(args)
-        real, shuffled = (tokenized_hypotheses(args.data, args.tgt, os.path.join(
-            work, generation_output(row["variant"], PROBE_SPLIT, probe)), PROBE_SPLIT) for probe in (False, True))
+        real, shuffled = (row_hypotheses(work, args, row["variant"], probe) for probe in (False, True))
         row["incongruent"]["vs_real_images"] = versus_reference(shuffled, real, references, against="real images")
 
 
