@@ -20,20 +20,20 @@ OPTIM = ["--optimizer", "adam", "--lr-scheduler", "inverse_sqrt", "--warmup-upda
          "--log-interval", "10"]
 
 
-def train(toy_data, toy_corpus, tiny_bert_dir, save_dir, *extra):
+def train(toy_data, toy_corpus, tiny_bert_dir, save_dir, *extra, env=None):
     run_cli(["fairseq-train", toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt",
              "--arch", "vlp_mmt_tiny", "--criterion", "vlp_mmt_loss", "--label-smoothing", "0.1",
              "--bert-model", tiny_bert_dir, "--image-features", toy_corpus / "features.h5", "--max-regions", "6",
-             "--save-dir", save_dir, *OPTIM, *extra])
+             "--save-dir", save_dir, *OPTIM, *extra], env=env)
     return save_dir / "checkpoint_best.pt"
 
 
-def generate(toy_data, toy_corpus, tiny_bert_dir, checkpoint, *extra):
+def generate(toy_data, toy_corpus, tiny_bert_dir, checkpoint, *extra, env=None):
     out = run_cli(["fairseq-generate", toy_data / "bert", "--user-dir", USER_DIR, "--task", "vlp_mmt",
                    "--bert-model", tiny_bert_dir, "--image-features", toy_corpus / "features.h5",
                    "--max-regions", "6", "--path", checkpoint, "--gen-subset", "test2016", "--beam", "5",
                    "--batch-size", "64", "--max-len-b", "30", "--post-process", "sentencepiece", "--cpu",
-                   *extra]).stdout
+                   *extra], env=env).stdout
     hyps = dict((int(i), text) for i, text in re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", out, flags=re.M))
     return [hyps[i] for i in range(len(hyps))]
 
