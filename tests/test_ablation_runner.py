@@ -60,7 +60,14 @@ def test_tiny_ablation_runs_and_resumes(toy_data, toy_corpus, tiny_bert_dir, tmp
     assert f"| {shuffled['delta']:+.2f} [{shuffled['delta_low']:+.2f}, {shuffled['delta_high']:+.2f}]" in table
     assert (work / "results" / "ablation.csv").read_text().count("\n") == 3
     assert (work / "results" / "attention_mass.png").read_bytes()[:4] == b"\x89PNG"
-    assert (work / "mass" / f"{GATED}.png").exists()
+    # vlp-mmt-attention-mass's own files: the first and last checkpoints, per layer, on every valid sentence
+    mass = json.loads((work / "mass" / f"{GATED}.json").read_text())
+    assert list(mass) == ["first", "last"] and mass["first"]["layers"] != mass["last"]["layers"]  # training moved it
+    assert all(m["sentences"] == 100 and m["tokens"] > 100 and len(m["layers"]) == 2 for m in mass.values())
+    tsv = (work / "mass" / f"{GATED}.tsv").read_text().splitlines()
+    assert tsv[0].split("\t") == ["checkpoint", "layer", "text", "tag", "region", "special", "tokens"]
+    assert len(tsv) == 1 + 2 * 2
+    assert (work / "mass" / f"{GATED}.png").read_bytes()[:4] == b"\x89PNG"
     # pruned: the first, best and last checkpoints stay, the other epochs and the encoder cache go
     kept = sorted(p.name for p in (work / "ckpt" / GATED).glob("*.pt"))
     assert kept == ["checkpoint1.pt", "checkpoint_best.pt", "checkpoint_last.pt"]
