@@ -23,7 +23,7 @@ def test_the_default_recipe_trains_ffn_v_into_the_frozen_bert_and_reads_the_imag
 
     from vlp_mmt_fairseq.compat import register_safe_checkpoint_globals
 
-    one_thread = cli_env()  # the tiny model trains faster on one thread than on torch's default two
+    one_thread = cli_env()  # the same numbers whatever the machine's core count (torch's default thread count)
     checkpoint = train(toy_data, toy_corpus, tiny_bert_dir, tmp_path / "stage1", "--freeze-bert", "--load-vlp",
                        vlp_export, "--lr", "5e-3", "--max-update", "300", env=one_thread)
     register_safe_checkpoint_globals()
