@@ -22,6 +22,7 @@ shuffled images (and its paired bootstrap against the real images), the step tim
 text, tag and region positions (mean over decoder layers) after the first and the last epoch.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -525,7 +526,7 @@ def tokenized_hypotheses(data: str, tgt: str, output: str, split: str) -> List[s
     return lowercase_normalize_tokenize(read_detokenized_hypotheses(output, count), tgt)
 
 
-def row_hypotheses(work: str, args, name: str, probe: bool = False, lenpen: float = DEFAULT_LENPEN,
+def row_hypotheses(work: str, args, name: str, probe: bool = False, *, lenpen: float = DEFAULT_LENPEN,
                    checkpoint: str = "best") -> List[str]:
     """A row's tokenized test2016 hypotheses (its real or, with ``probe``, shuffled images), as 'BLEU tok' counts."""
     output = os.path.join(work, generation_output(name, PROBE_SPLIT, probe, lenpen, checkpoint))
@@ -566,21 +567,20 @@ def add_significance(rows: List[dict], work: str, args) -> None:
         return
     references = significance_references(args)
 
-    def hypotheses(name: str, lenpen: float = DEFAULT_LENPEN, checkpoint: str = "best") -> List[str]:
-        return row_hypotheses(work, args, name, lenpen=lenpen, checkpoint=checkpoint)
+    hypotheses = functools.partial(row_hypotheses, work, args)  # real images: the rows' own decodings
 
     def last_hypotheses(row: dict) -> List[str]:  # where the best checkpoint is the last, its own decoding
         return hypotheses(row["variant"], checkpoint="best" if row["last"].get("same_checkpoint") else "last")
 
     default = hypotheses(REFERENCE)
-    tuned = hypotheses(REFERENCE, reference["lenpen"]["chosen"]) if reference.get("lenpen") else None
+    tuned = hypotheses(REFERENCE, lenpen=reference["lenpen"]["chosen"]) if reference.get("lenpen") else None
     last = last_hypotheses(reference) if reference.get("last") else None
     for name, row in by_name.items():
         if not row["finished"] or name == REFERENCE:
             continue
         row["vs_reference"] = versus_reference(hypotheses(name), default, references)
         if tuned is not None and row.get("lenpen"):
-            row["lenpen"]["vs_reference"] = versus_reference(hypotheses(name, row["lenpen"]["chosen"]), tuned,
+            row["lenpen"]["vs_reference"] = versus_reference(hypotheses(name, lenpen=row["lenpen"]["chosen"]), tuned,
                                                              references)
         if last is not None and row.get("last"):
             row["last"]["vs_reference"] = versus_reference(last_hypotheses(row), last, references)
